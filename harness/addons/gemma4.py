@@ -1,0 +1,205 @@
+"""Gemma 4 vision add-on for the unified path (mlx-lm text model + mlx-vlm vision tower).
+
+Bit-exact with native mlx-vlm by construction:
+- embeddings are built exactly as mlx-vlm builds them (token embeddings times
+  `embed_scale`, image features scattered in) and the patched text model skips its own
+  `embed_scale` multiplication for them, instead of dividing features by the scale and
+  letting mlx-lm multiply back (a bf16 round trip that is exact only for powers of two);
+- per-layer inputs come from the prompt's ids with image/audio/video tokens zeroed, sliced
+  by the KV-cache offset so every prefill chunk gets its own rows;
+- with `use_bidirectional_attention: vision`, tokens of one image block attend to each
+  other both ways, as in mlx-vlm; a prefill chunk that would split such a block is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models import gemma4_text
+
+_VISION_PREFIXES = ("vision_tower.", "embed_vision.")
+
+
+@dataclass(frozen=True)
+class PromptState:
+    """What the patched text model needs about the current prompt (a plain object, so MLX
+    does not treat it as part of the module tree)."""
+
+    per_layer_input_ids: mx.array  # [1, L], multimodal tokens replaced by 0
+    vision_blocks: mx.array | None  # [1, L], image-block index per token, -1 elsewhere
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Prompt rows [start, stop) of the current call (a plain object, not a tuple: MLX
+    would store a tuple in the module tree)."""
+
+    start: int
+    stop: int
+
+
+def _cache_offset(cache: Any) -> int:
+    if not cache or cache[0] is None:
+        return 0
+    return int(cache[0].offset)
+
+
+def vision_block_ids(is_vision: mx.array) -> mx.array:
+    """Index of the contiguous image block each token belongs to; -1 for other tokens."""
+    previous = mx.concatenate([mx.zeros_like(is_vision[:, :1]), is_vision[:, :-1]], axis=1)
+    starts = is_vision & ~previous
+    blocks = mx.cumsum(starts.astype(mx.int32), axis=1) - 1
+    return mx.where(is_vision, blocks, -1)
+
+
+class UnifiedGemma4TextModel(gemma4_text.Gemma4TextModel):
+    """mlx-lm's Gemma 4 decoder, reading the add-on's PromptState when called with
+    `input_embeddings`. Without a state it is the unpatched class, call for call."""
+
+    prompt_state: PromptState | None = None
+    _chunk: Chunk | None = None
+
+    def __call__(self, inputs=None, cache=None, input_embeddings=None, per_layer_inputs=None):
+        state = self.prompt_state
+        if state is None or input_embeddings is None:
+            return super().__call__(inputs, cache, input_embeddings, per_layer_inputs)
+        start = _cache_offset(cache)
+        stop = start + input_embeddings.shape[1]
+        if per_layer_inputs is None and self.hidden_size_per_layer_input:
+            per_layer_inputs = self._get_per_layer_inputs(state.per_layer_input_ids[:, start:stop])
+        scale, self.embed_scale = self.embed_scale, 1.0
+        self._chunk = Chunk(start, stop)
+        try:
+            return super().__call__(inputs, cache, input_embeddings, per_layer_inputs)
+        finally:
+            self.embed_scale, self._chunk = scale, None
+
+    def _make_masks(self, h, cache):
+        blocks = self.prompt_state.vision_blocks if self.prompt_state else None
+        if blocks is None or self._chunk is None or h.shape[1] == 1:
+            return super()._make_masks(h, cache)
+        start, stop = self._chunk.start, self._chunk.stop
+        chunk_blocks = blocks[:, start:stop]
+        if not bool(mx.any(chunk_blocks >= 0)):
+            return super()._make_masks(h, cache)
+        self._refuse_split_blocks(blocks, start, stop)
+        from mlx_lm.models.base import create_attention_mask
+
+        masks, by_type = [], {}
+        for layer, c in zip(self.layers, cache, strict=False):
+            kind = layer.layer_type
+            if kind not in by_type:
+                window = self.window_size if kind == "sliding_attention" else None
+                base = create_attention_mask(h, c, window_size=window, return_array=True)
+                if base.shape[-1] != stop:
+                    raise ValueError(f"cannot lay the bidirectional image mask over a "
+                                     f"{kind} cache of width {base.shape[-1]} (expected {stop})")
+                same = (chunk_blocks[..., :, None] == blocks[:, None, :stop]) & (
+                    chunk_blocks[..., :, None] >= 0)
+                by_type[kind] = base | same[:, None]
+            masks.append(by_type[kind])
+        return masks
+
+    @staticmethod
+    def _refuse_split_blocks(blocks: mx.array, start: int, stop: int) -> None:
+        ids = blocks[0]
+        for edge in (start, stop):
+            if 0 < edge < ids.shape[0] and int(ids[edge - 1]) >= 0 and int(ids[edge - 1]) == int(ids[edge]):
+                raise ValueError(f"prefill chunk [{start}, {stop}) splits image block "
+                                 f"{int(ids[edge])} at token {edge}; bidirectional vision "
+                                 "attention needs each image block inside one chunk")
+
+
+class AddOn:
+    """mlx-engine-compatible vision add-on for Gemma 4 (`model_type: gemma4`)."""
+
+    def __init__(self, model_path: Path) -> None:
+        from mlx_vlm.models import gemma4 as vlm
+        from mlx_vlm.models.gemma4.gemma4 import MultimodalEmbedder
+        from mlx_vlm.utils import load_processor
+
+        self.model_path = Path(model_path)
+        config = json.loads((self.model_path / "config.json").read_text())
+        self.config = vlm.ModelConfig.from_dict(config)
+        vision_config = vlm.VisionConfig.from_dict(config["vision_config"])
+        text_config = vlm.TextConfig.from_dict(config["text_config"])
+        self.vision_tower = vlm.VisionModel(vision_config)
+        self.embed_vision = MultimodalEmbedder(
+            embedding_dim=vision_config.hidden_size,
+            text_hidden_size=text_config.hidden_size,
+            eps=vision_config.rms_norm_eps,
+        )
+        self.bidirectional = text_config.use_bidirectional_attention == "vision"
+        self._load_vision_weights(config.get("quantization"))
+        self.processor = load_processor(self.model_path, add_detokenizer=True)
+        self.multimodal_token_ids = [
+            t for t in (self.config.image_token_id, self.config.audio_token_id,
+                        getattr(self.config, "video_token_id", None)) if t is not None
+        ]
+
+    def _load_vision_weights(self, quantization: dict[str, Any] | None) -> None:
+        weights: dict[str, mx.array] = {}
+        for shard in sorted(self.model_path.glob("*.safetensors")):
+            for key, value in mx.load(str(shard)).items():
+                key = key.removeprefix("model.")
+                if key.startswith(_VISION_PREFIXES) and "rotary_emb" not in key:
+                    weights[key] = value
+        for prefix, module in (("vision_tower", self.vision_tower), ("embed_vision", self.embed_vision)):
+            own = {k.removeprefix(prefix + "."): v for k, v in weights.items()
+                   if k.startswith(prefix + ".")}
+            if quantization:
+                # Quantize exactly the layers whose scales were stored (stack-facts pitfall 7).
+                nn.quantize(module, group_size=quantization["group_size"], bits=quantization["bits"],
+                            mode=quantization.get("mode", "affine"),
+                            class_predicate=lambda p, m, own=own: f"{p}.scales" in own)
+            module.load_weights(list(own.items()), strict=True)
+            mx.eval(module.parameters())
+
+    def patch_text_model(self, text_model: Any) -> None:
+        decoder = text_model.language_model.model
+        if not isinstance(decoder, UnifiedGemma4TextModel):
+            decoder.__class__ = UnifiedGemma4TextModel
+
+    def clear_prediction_state(self, text_model: Any) -> None:
+        text_model.language_model.model.prompt_state = None
+
+    def compute_embeddings(self, text_model: Any, prompt_tokens: mx.array,
+                           images_b64: list[str], max_size: tuple[int, int] | None):
+        from mlx_vlm.models.gemma4.gemma4 import masked_scatter
+        from mlx_vlm.utils import load_image, prepare_inputs
+
+        if not images_b64:
+            raise ValueError("compute_embeddings needs at least one image")
+        images = [load_image(io.BytesIO(base64.b64decode(b))) for b in images_b64]
+        if max_size is not None:
+            for image in images:
+                image.thumbnail(max_size)
+        prompt = self.processor.tokenizer.decode(prompt_tokens.tolist())
+        inputs = prepare_inputs(self.processor, images=images, prompts=[prompt],
+                                image_token_index=self.config.image_token_id,
+                                add_special_tokens=False)
+        input_ids = inputs["input_ids"]
+        decoder = text_model.language_model.model
+        embeddings = decoder.embed_tokens(input_ids) * decoder.embed_scale
+        features = self.embed_vision(
+            self.vision_tower(inputs["pixel_values"], inputs.get("image_position_ids"))
+        ).astype(embeddings.dtype)
+        is_image = mx.expand_dims(input_ids == self.config.image_token_id, -1)
+        embeddings = masked_scatter(embeddings, mx.broadcast_to(is_image, embeddings.shape), features)
+
+        multimodal = mx.zeros(input_ids.shape, dtype=mx.bool_)
+        for token in self.multimodal_token_ids:
+            multimodal = multimodal | (input_ids == token)
+        decoder.prompt_state = PromptState(
+            per_layer_input_ids=mx.where(multimodal, 0, input_ids),
+            vision_blocks=vision_block_ids(input_ids == self.config.image_token_id)
+            if self.bidirectional else None,
+        )
+        return input_ids[0], embeddings[0]

@@ -1,0 +1,117 @@
+"""`mlx-parity` command line: run, list, synth. Exit 0 all pass, 1 a check failed or a case
+errored at run time, 2 bad usage or a bad case file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .cases import CaseError, load_cases
+from .records import Status
+
+DEFAULT_CASES = Path("cases")
+DEFAULT_REPORT_DIR = Path("reports/latest")
+STATUS_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "red",
+                Status.SKIP: "yellow"}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .report import write_reports
+    from .runner import run_cases
+
+    out, err = Console(), Console(stderr=True)
+    cases, errors = load_cases(args.cases or [DEFAULT_CASES])
+    with err.status("starting") as status:
+        def observe(event: str, message: str) -> None:
+            if event == "verdict":
+                err.log(message)
+            else:
+                status.update(f"{event}: {message}")
+
+        result = run_cases(cases, errors, observe)
+    outputs = write_reports(result, args.report_dir, args.junit)
+
+    table = Table(title=f"mlx-parity: {len(result.verdicts)} case(s)")
+    for column in ("case", "status", "first divergence", "worst metric", "reason"):
+        table.add_column(column, overflow="fold")
+    for v in result.verdicts:
+        worst = min(v.checks, key=lambda c: (c.passed, c.margin), default=None)
+        metric = f"{worst.stage}.{worst.metric}={worst.value:.3g} (<= {worst.threshold:.3g})" if worst else ""
+        table.add_row(v.case_id, f"[{STATUS_STYLE[v.status]}]{v.status.value}[/]",
+                      v.first_divergence or "", metric, v.reason)
+    out.print(table)
+    out.print(f"report: {outputs['parquet']} (+ csv, md, junit: {outputs['junit']})")
+    return result.exit_code
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    cases, errors = load_cases(args.cases or [DEFAULT_CASES])
+    table = Table(title="cases")
+    for column in ("id", "model", "paths", "images", "prefill", "markers", "file"):
+        table.add_column(column, overflow="fold")
+    for c in cases:
+        table.add_row(c.id, c.model_label(), f"{c.paths.reference} vs {c.paths.candidate}",
+                      str(len(c.image_files)), str(c.prefill_step_size), ",".join(c.markers),
+                      c.source)
+    console = Console()
+    console.print(table)
+    for e in errors:
+        console.print(f"[red]error[/] {e}")
+    return 2 if errors else 0
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import ensure_checkpoint
+
+    print(ensure_checkpoint(args.model_type, dict(args.option)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlx-parity", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run cases and write the report")
+    run.add_argument("cases", nargs="*", type=Path, help="case files or directories (default: cases/)")
+    run.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
+    run.add_argument("--junit", type=Path, default=None, help="JUnit XML path (default: in report dir)")
+    run.set_defaults(handler=_cmd_run)
+
+    lister = sub.add_parser("list", help="validate and list cases")
+    lister.add_argument("cases", nargs="*", type=Path)
+    lister.set_defaults(handler=_cmd_list)
+
+    synth = sub.add_parser("synth", help="build (or find cached) a synthesized checkpoint")
+    synth.add_argument("model_type", help="e.g. gemma4")
+    synth.add_argument("-o", "--option", action="append", type=_parse_option, default=[],
+                       metavar="KEY=VALUE", help="synthesizer option, e.g. hidden_size=48")
+    synth.set_defaults(handler=_cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CaseError as exc:
+        Console(stderr=True).print(f"[red]error[/] {exc}")
+        return 2
+    except (ValueError, LookupError) as exc:
+        Console(stderr=True).print(f"[red]error[/] {type(exc).__name__}: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The native reference: mlx-vlm end to end, with mlx-vlm's own processor, embeddings,
+language model and prefill policy (`mlx_vlm.generate_step`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..capture import FirstLogits, build_capture
+from ..cases import CaseSpec
+from ..records import Capture
+from . import SessionOptions
+from .loading import load_quietly, model_type_of, session_provenance
+
+
+class NativeSession:
+    name = "mlx-vlm"
+    takes_addon = False
+
+    def __init__(self, model_dir: Path, options: SessionOptions) -> None:
+        import mlx_vlm
+
+        self.model_dir = model_dir
+        self.model_type = model_type_of(model_dir)
+        self.model, self.processor = load_quietly(
+            mlx_vlm.load, str(model_dir), trust_remote_code=options.trust_remote_code
+        )
+        self.provenance = session_provenance(self.name, model_dir)
+
+    def render_prompt(self, case: CaseSpec) -> str:
+        return self.processor.apply_chat_template(
+            case.template_messages(),
+            tokenize=False,
+            add_generation_prompt=True,
+            **case.chat_template_kwargs,
+        )
+
+    def capture(self, case: CaseSpec) -> Capture:
+        from mlx_vlm.generate import generate_step
+        from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
+
+        from .. import probes
+
+        images = [str(p) for p in case.image_files] or None
+        inputs = prepare_inputs(
+            self.processor,
+            images=images,
+            prompts=[self.render_prompt(case)],
+            image_token_index=getattr(self.model.config, "image_token_id", None),
+            add_special_tokens=should_add_special_tokens(self.model_type, self.processor),
+        )
+        input_ids = inputs.pop("input_ids")
+        pixel_values = inputs.pop("pixel_values", None)
+        mask = inputs.pop("attention_mask", None)
+        first_logits = FirstLogits()
+        with probes.install(self.model, self.model_type) as recording:
+            steps = generate_step(
+                input_ids,
+                self.model,
+                pixel_values,
+                mask,
+                max_tokens=1,
+                temperature=0.0,
+                prefill_step_size=case.prefill_step_size,
+                logits_processors=[first_logits],
+                **inputs,
+            )
+            next(steps)
+            steps.close()
+        return build_capture(
+            self.name, case.id, input_ids, recording, first_logits.logits, self.provenance
+        )
+
+    def close(self) -> None:
+        del self.model, self.processor

@@ -1,0 +1,105 @@
+"""The unified path (mlx-lm text model + a vision add-on, fed through mlx-lm's own
+`generate_step` prefill loop, as mlx-engine runs it) and the plain mlx-lm path (no add-on,
+no patch: the baseline an add-on's patch must leave bit-identical on text prompts)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from ..capture import FirstLogits, build_capture
+from ..cases import CaseSpec
+from ..records import Capture
+from . import PathError, SessionOptions
+from .loading import load_quietly, model_type_of, session_provenance
+
+
+class PlainTextSession:
+    name = "mlx-lm"
+    takes_addon = False
+
+    def __init__(self, model_dir: Path, options: SessionOptions) -> None:
+        self.model_dir = model_dir
+        self.model_type = model_type_of(model_dir)
+        self.addon = self._make_addon(model_dir, options)
+        self.model, self.tokenizer = self._load(model_dir, options)
+        patch = getattr(self.addon, "patch_text_model", None)
+        if callable(patch):
+            patch(self.model)
+        self.provenance = session_provenance(self.name, model_dir)
+
+    def _make_addon(self, model_dir: Path, options: SessionOptions) -> Any:
+        return None
+
+    @staticmethod
+    def _load(model_dir: Path, options: SessionOptions) -> tuple[Any, Any]:
+        import mlx_lm
+
+        tokenizer_config = {"trust_remote_code": options.trust_remote_code}
+        return load_quietly(mlx_lm.load, str(model_dir), tokenizer_config=tokenizer_config)
+
+    def prompt_tokens(self, case: CaseSpec) -> list[int]:
+        # Render, then encode without extra specials: the template owns BOS and turn
+        # markers, as in mlx-vlm's processor path.
+        text = self.tokenizer.apply_chat_template(
+            case.template_messages(),
+            tokenize=False,
+            add_generation_prompt=True,
+            **case.chat_template_kwargs,
+        )
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def embeddings(self, case: CaseSpec, prompt_tokens: Any) -> tuple[Any, Any]:
+        if case.has_images:
+            raise PathError(f"path {self.name!r} takes text prompts only; case has images")
+        return prompt_tokens, None
+
+    def capture(self, case: CaseSpec) -> Capture:
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
+
+        from .. import probes
+
+        clear = getattr(self.addon, "clear_prediction_state", None)
+        if callable(clear):
+            clear(self.model)
+        input_ids, embeddings = self.embeddings(case, mx.array(self.prompt_tokens(case)))
+        first_logits = FirstLogits()
+        with probes.install(self.model, self.model_type) as recording:
+            steps = generate_step(
+                input_ids,
+                self.model,
+                max_tokens=1,
+                prefill_step_size=case.prefill_step_size,
+                input_embeddings=embeddings,
+                logits_processors=[first_logits],
+            )
+            next(steps)
+            steps.close()
+        return build_capture(
+            self.name, case.id, input_ids, recording, first_logits.logits, self.provenance
+        )
+
+    def close(self) -> None:
+        del self.model, self.tokenizer, self.addon
+
+
+class UnifiedSession(PlainTextSession):
+    name = "unified"
+    takes_addon = True
+
+    def _make_addon(self, model_dir: Path, options: SessionOptions) -> Any:
+        from ..addons import resolve_addon
+
+        # Resolved (imported) before mlx_lm.load: engine add-ons patch library classes at
+        # import time, and the text model must be built with the patched class.
+        addon_class = resolve_addon(options.addon or "auto", self.model_type)
+        return load_quietly(addon_class, model_dir)
+
+    def embeddings(self, case: CaseSpec, prompt_tokens: Any) -> tuple[Any, Any]:
+        if not case.has_images:
+            # mlx-engine runs text prompts through the plain token path.
+            return prompt_tokens, None
+        images_b64 = [base64.b64encode(p.read_bytes()).decode("ascii") for p in case.image_files]
+        return self.addon.compute_embeddings(self.model, prompt_tokens, images_b64, case.max_size)

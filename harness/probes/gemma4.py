@@ -1,0 +1,30 @@
+"""Gemma 4 taps: the per-layer inputs computed from token ids, before they are mixed with
+the projection of the embeddings (both libraries pass them as the second argument of
+their projection method, after any chunk slicing)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from . import Recording, wrap_method
+
+# mlx-vlm names the method publicly, mlx-lm privately.
+_PROJECTION_METHODS = ("project_per_layer_inputs", "_project_per_layer_inputs")
+
+
+@contextlib.contextmanager
+def taps(model: Any, recording: Recording) -> Iterator[None]:
+    text_model = model.language_model.model
+    if not text_model.hidden_size_per_layer_input:
+        yield
+        return
+    name = next(m for m in _PROJECTION_METHODS if hasattr(text_model, m))
+
+    def record(_embeddings: Any, per_layer_inputs: Any = None) -> None:
+        if per_layer_inputs is not None:
+            recording.add("per_layer_inputs", per_layer_inputs)
+
+    with wrap_method(text_model, name, record):
+        yield

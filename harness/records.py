@@ -1,0 +1,78 @@
+"""Typed records exchanged by the stages: capture -> compare -> verdict -> report.
+
+Plain frozen dataclasses of arrays and metadata: the runner builds them, the report only
+reads them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# The order in which data flows through a decoder; "first diverging stage" follows it.
+STAGE_ORDER: tuple[str, ...] = ("input_ids", "per_layer_inputs", "embeddings", "logits")
+
+
+def stage_rank(stage: str) -> int:
+    return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What one path fed its decoder, and what came out, for one case.
+
+    `arrays` hold float data widened to float32 (exact for bf16/fp16); `dtypes` keeps the
+    dtype the decoder really saw, which ulp-based checks need.
+    """
+
+    path: str
+    case_id: str
+    arrays: Mapping[str, np.ndarray]
+    dtypes: Mapping[str, str]
+    prefill_chunks: tuple[int, ...]
+    provenance: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    case_id: str
+    stage: str
+    check: str
+    metric: str
+    value: float
+    threshold: float
+    passed: bool
+    # Smallest tolerance of this metric that would have passed (Polygraphy's
+    # "minimum required tolerance"); nan when no tolerance can make it pass.
+    required: float
+    detail: str = ""
+
+    @property
+    def margin(self) -> float:
+        """Threshold minus value: how far from failing (negative when failed)."""
+        return self.threshold - self.value
+
+
+class Status(str, enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    case_id: str
+    source: str
+    status: Status
+    checks: tuple[CheckResult, ...] = ()
+    first_divergence: str | None = None
+    reason: str = ""
+    # An ERROR caused by the case file or its names (exit code 2), not by a run.
+    config_error: bool = False
+    reference: str = ""
+    candidate: str = ""
+    provenance: Mapping[str, str] = field(default_factory=dict)

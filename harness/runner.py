@@ -1,0 +1,175 @@
+"""Orchestration: group cases by model, run each path session once per group (one model in
+memory at a time), pair captures and compute verdicts. Never formats anything."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import provenance
+from .cases import CaseError, CaseSpec, load_cases
+from .compare import verdict as compute_verdict
+from .models import ModelUnavailable, resolve_model
+from .paths import PathError, SessionOptions, resolve_session_class
+from .records import Capture, Status, Verdict
+
+Observer = Callable[[str, str], None]  # (event, message) for progress displays
+
+
+@dataclass(frozen=True)
+class RunResult:
+    verdicts: tuple[Verdict, ...]
+    started: str
+    finished: str
+    provenance: dict[str, str] = field(default_factory=dict)
+    config_errors: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.config_errors:
+            return 2
+        return 1 if any(v.status in (Status.FAIL, Status.ERROR) for v in self.verdicts) else 0
+
+
+@dataclass(frozen=True)
+class _SessionKey:
+    path: str
+    options: SessionOptions
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else ""
+    if isinstance(exc, CaseError | ModelUnavailable):
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_provenance() -> dict[str, str]:
+    return {"commit": provenance.git_commit(), **provenance.machine(),
+            **{f"version_{k}": v for k, v in provenance.library_versions().items()}}
+
+
+def _error_verdict(case: CaseSpec, status: Status, reason: str, config: bool = False) -> Verdict:
+    return Verdict(case_id=case.id, source=case.source, status=status, reason=reason,
+                   config_error=config)
+
+
+def _session_keys(case: CaseSpec, model_type: str) -> list[tuple[_SessionKey, str]]:
+    """The (session, role) pairs a case needs; raises PathError for unknown names."""
+    from .addons import resolve_addon
+
+    keys = []
+    for role, path in (("reference", case.paths.reference), ("candidate", case.paths.candidate)):
+        takes_addon = getattr(resolve_session_class(path), "takes_addon", True)
+        if takes_addon:
+            resolve_addon(case.addon, model_type)
+        options = SessionOptions(addon=case.addon if takes_addon else None,
+                                 trust_remote_code=case.trust_remote_code)
+        keys.append((_SessionKey(path, options), role))
+    return keys
+
+
+def _release() -> None:
+    import mlx.core as mx
+
+    gc.collect()
+    mx.clear_cache()
+
+
+def _plan(group: list[CaseSpec], model_dir: Path, done: dict[str, Verdict]
+          ) -> dict[_SessionKey, list[tuple[CaseSpec, str]]]:
+    from .paths.loading import model_type_of
+
+    model_type = model_type_of(model_dir)
+    plan: dict[_SessionKey, list[tuple[CaseSpec, str]]] = {}
+    for case in group:
+        try:
+            keys = _session_keys(case, model_type)
+        except PathError as exc:
+            done[case.id] = _error_verdict(case, Status.ERROR, f"{case.source}: {exc}", True)
+            continue
+        for key, role in keys:
+            plan.setdefault(key, []).append((case, role))
+    return plan
+
+
+def _capture_all(plan: dict[_SessionKey, list[tuple[CaseSpec, str]]], model_dir: Path,
+                 observe: Observer) -> tuple[dict[tuple[str, str], Capture], dict[str, str]]:
+    captures: dict[tuple[str, str], Capture] = {}
+    failures: dict[str, str] = {}
+    for key, members in plan.items():
+        observe("load", f"{key.path} <- {model_dir.name}")
+        try:
+            session = resolve_session_class(key.path)(model_dir, key.options)
+        except Exception as exc:
+            for case, _ in members:
+                failures.setdefault(case.id, f"path {key.path} failed to load: {one_line(exc)}")
+            continue
+        try:
+            for case, role in members:
+                if case.id in failures:
+                    continue
+                observe("capture", f"{case.id} [{key.path}]")
+                try:
+                    captures[(case.id, role)] = session.capture(case)
+                except Exception as exc:
+                    failures[case.id] = f"{role} path {key.path}: {one_line(exc)}"
+        finally:
+            session.close()
+            del session
+            _release()
+    return captures, failures
+
+
+def _run_group(group: list[CaseSpec], observe: Observer) -> list[Verdict]:
+    done: dict[str, Verdict] = {}
+    try:
+        model_dir = resolve_model(group[0])
+        plan = _plan(group, model_dir, done)
+    except ModelUnavailable as exc:
+        return [_error_verdict(c, Status.SKIP, one_line(exc)) for c in group]
+    except (CaseError, PathError) as exc:
+        return [_error_verdict(c, Status.ERROR, one_line(exc), True) for c in group]
+    except Exception as exc:
+        return [_error_verdict(c, Status.ERROR, one_line(exc)) for c in group]
+
+    captures, failures = _capture_all(plan, model_dir, observe)
+    for case in group:
+        if case.id in done:
+            continue
+        if case.id in failures:
+            done[case.id] = _error_verdict(case, Status.ERROR, failures[case.id])
+        else:
+            done[case.id] = compute_verdict(case, captures[(case.id, "reference")],
+                                            captures[(case.id, "candidate")])
+    return [done[c.id] for c in group]
+
+
+def run_cases(cases: Iterable[CaseSpec], load_errors: Iterable[CaseError] = (),
+              observe: Observer = lambda event, message: None) -> RunResult:
+    started = _now()
+    errors = list(load_errors)
+    verdicts = [Verdict(case_id=e.case_id, source=e.source, status=Status.ERROR, reason=str(e),
+                        config_error=True) for e in errors]
+    groups: dict[str, list[CaseSpec]] = {}
+    for case in cases:
+        groups.setdefault(case.model_key(), []).append(case)
+    for group in groups.values():
+        for v in _run_group(group, observe):
+            observe("verdict", f"{v.case_id}: {v.status.value}")
+            verdicts.append(v)
+    config_errors = sum(v.config_error for v in verdicts)
+    return RunResult(tuple(verdicts), started, _now(), run_provenance(), config_errors)
+
+
+def run(targets: Iterable[Path], observe: Observer = lambda event, message: None) -> RunResult:
+    cases, errors = load_cases(targets)
+    return run_cases(cases, errors, observe)
