@@ -32,8 +32,9 @@ class PromptState:
     """What the patched text model needs about the current prompt (a plain object, so MLX
     does not treat it as part of the module tree)."""
 
-    per_layer_input_ids: mx.array  # [1, L], multimodal tokens replaced by 0
+    per_layer_input_ids: mx.array | None  # [1, L], multimodal tokens replaced by 0
     vision_blocks: mx.array | None  # [1, L], image-block index per token, -1 elsewhere
+    prescaled: bool = True  # embeddings already carry embed_scale: the decoder must not
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,22 @@ class UnifiedGemma4TextModel(gemma4_text.Gemma4TextModel):
             return super().__call__(inputs, cache, input_embeddings, per_layer_inputs)
         start = _cache_offset(cache)
         stop = start + input_embeddings.shape[1]
-        if per_layer_inputs is None and self.hidden_size_per_layer_input:
-            per_layer_inputs = self._get_per_layer_inputs(state.per_layer_input_ids[:, start:stop])
-        scale, self.embed_scale = self.embed_scale, 1.0
+        ids = state.per_layer_input_ids
+        if per_layer_inputs is None and self.hidden_size_per_layer_input and ids is not None:
+            per_layer_inputs = self._get_per_layer_inputs(self.per_layer_rows(ids, start, stop))
+        scale = self.embed_scale
+        if state.prescaled:
+            self.embed_scale = 1.0
         self._chunk = Chunk(start, stop)
         try:
             return super().__call__(inputs, cache, input_embeddings, per_layer_inputs)
         finally:
             self.embed_scale, self._chunk = scale, None
+
+    @staticmethod
+    def per_layer_rows(ids: mx.array, start: int, stop: int) -> mx.array:
+        """The rows of this prefill chunk (the KV-cache offset says where it starts)."""
+        return ids[:, start:stop]
 
     def _make_masks(self, h, cache):
         blocks = self.prompt_state.vision_blocks if self.prompt_state else None
@@ -172,7 +181,6 @@ class AddOn:
 
     def compute_embeddings(self, text_model: Any, prompt_tokens: mx.array,
                            images_b64: list[str], max_size: tuple[int, int] | None):
-        from mlx_vlm.models.gemma4.gemma4 import masked_scatter
         from mlx_vlm.utils import load_image, prepare_inputs
 
         if not images_b64:
@@ -186,20 +194,31 @@ class AddOn:
                                 image_token_index=self.config.image_token_id,
                                 add_special_tokens=False)
         input_ids = inputs["input_ids"]
-        decoder = text_model.language_model.model
-        embeddings = decoder.embed_tokens(input_ids) * decoder.embed_scale
         features = self.embed_vision(
             self.vision_tower(inputs["pixel_values"], inputs.get("image_position_ids"))
-        ).astype(embeddings.dtype)
-        is_image = mx.expand_dims(input_ids == self.config.image_token_id, -1)
-        embeddings = masked_scatter(embeddings, mx.broadcast_to(is_image, embeddings.shape), features)
+        )
+        decoder = text_model.language_model.model
+        embeddings = self.merge_features(decoder, input_ids, features)
+        decoder.prompt_state = self.prompt_state(input_ids)
+        return input_ids[0], embeddings[0]
 
+    def merge_features(self, decoder: Any, input_ids: mx.array, features: mx.array) -> mx.array:
+        """Token embeddings with image features scattered in, exactly as mlx-vlm's
+        `get_input_embeddings` computes them (scaled: the decoder's input space)."""
+        from mlx_vlm.models.gemma4.gemma4 import masked_scatter
+
+        embeddings = decoder.embed_tokens(input_ids) * decoder.embed_scale
+        is_image = mx.expand_dims(input_ids == self.config.image_token_id, -1)
+        return masked_scatter(embeddings, mx.broadcast_to(is_image, embeddings.shape),
+                              features.astype(embeddings.dtype))
+
+    def per_layer_input_ids(self, input_ids: mx.array) -> mx.array | None:
         multimodal = mx.zeros(input_ids.shape, dtype=mx.bool_)
         for token in self.multimodal_token_ids:
             multimodal = multimodal | (input_ids == token)
-        decoder.prompt_state = PromptState(
-            per_layer_input_ids=mx.where(multimodal, 0, input_ids),
-            vision_blocks=vision_block_ids(input_ids == self.config.image_token_id)
-            if self.bidirectional else None,
-        )
-        return input_ids[0], embeddings[0]
+        return mx.where(multimodal, 0, input_ids)
+
+    def prompt_state(self, input_ids: mx.array) -> PromptState:
+        blocks = vision_block_ids(input_ids == self.config.image_token_id)
+        return PromptState(per_layer_input_ids=self.per_layer_input_ids(input_ids),
+                           vision_blocks=blocks if self.bidirectional else None)

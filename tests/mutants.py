@@ -1,0 +1,81 @@
+"""Deliberately broken Gemma 4 add-ons: each reproduces a real wiring mistake. The gate
+must FAIL every one of them and name the stage where it enters. Loaded by the runner as
+`mutants:<Class>` (this directory is on sys.path under pytest), like any add-on that lives
+outside the harness package."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlx.core as mx
+
+from harness.addons.gemma4 import AddOn, UnifiedGemma4TextModel
+
+
+def _scatter(decoder, input_ids, image_token_id, embeddings, features):
+    from mlx_vlm.models.gemma4.gemma4 import masked_scatter
+
+    mask = mx.broadcast_to(mx.expand_dims(input_ids == image_token_id, -1), embeddings.shape)
+    return masked_scatter(embeddings, mask, features.astype(embeddings.dtype))
+
+
+class EngineStyle(AddOn):
+    """mlx-engine's design (correct, but not exact for every hidden size): unscaled token
+    embeddings, image features divided by embed_scale, mlx-lm multiplies by it again."""
+
+    def merge_features(self, decoder, input_ids, features):
+        return _scatter(decoder, input_ids, self.config.image_token_id,
+                        decoder.embed_tokens(input_ids), features / decoder.embed_scale)
+
+    def prompt_state(self, input_ids):
+        return dataclasses.replace(super().prompt_state(input_ids), prescaled=False)
+
+
+class FeaturesNotDivided(EngineStyle):
+    """Image features not divided by embed_scale: mlx-lm scales them once too often."""
+
+    def merge_features(self, decoder, input_ids, features):
+        return _scatter(decoder, input_ids, self.config.image_token_id,
+                        decoder.embed_tokens(input_ids), features)
+
+
+class EmbedScaleTwice(AddOn):
+    """Scaled embeddings handed to a decoder that scales them again."""
+
+    def prompt_state(self, input_ids):
+        return dataclasses.replace(super().prompt_state(input_ids), prescaled=False)
+
+
+class PerLayerInputsNotZeroed(AddOn):
+    """Image tokens keep their own per-layer embeddings instead of token 0's."""
+
+    def per_layer_input_ids(self, input_ids):
+        return input_ids
+
+
+class PerLayerInputsNotPassed(AddOn):
+    """No per-layer inputs injected: mlx-lm computes them from the raw ids."""
+
+    def per_layer_input_ids(self, input_ids):
+        return None
+
+
+class _UnslicedDecoder(UnifiedGemma4TextModel):
+    @staticmethod
+    def per_layer_rows(ids, start, stop):
+        return ids[:, : stop - start]
+
+
+class PerLayerInputsNotSliced(AddOn):
+    """Every prefill chunk gets the prompt's first rows of per-layer inputs."""
+
+    def patch_text_model(self, text_model):
+        text_model.language_model.model.__class__ = _UnslicedDecoder
+
+
+class CausalVision(AddOn):
+    """Bidirectional attention inside image blocks turned causal."""
+
+    def __init__(self, model_path):
+        super().__init__(model_path)
+        self.bidirectional = False
