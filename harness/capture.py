@@ -49,7 +49,9 @@ def prompt_rows(chunks: Sequence[mx.array], prompt_len: int) -> tuple[mx.array, 
         lengths.append(int(chunk.shape[1]))
         total += int(chunk.shape[1])
     if total != prompt_len:
-        raise RuntimeError(f"recorded {total} prompt rows across {len(kept)} calls, expected {prompt_len}")
+        raise RuntimeError(
+            f"recorded {total} prompt rows across {len(kept)} calls, expected {prompt_len}"
+        )
     return mx.concatenate(kept, axis=1)[0], tuple(lengths)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,8 +23,9 @@ from .records import STAGE_ORDER
 class CaseError(Exception):
     """A case that cannot run; `str()` is one line naming file and field."""
 
-    def __init__(self, source: Path | str, message: str, case_id: str | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, source: Path | str, message: str, case_id: str | None = None, field: str | None = None
+    ) -> None:
         self.source = str(source)
         self.case_id = case_id or Path(source).stem
         self.field = field
@@ -120,8 +121,13 @@ class CaseSpec(_Strict):
         return bool(self._items(ImageItem))
 
     def _items(self, kind: type) -> list[Any]:
-        return [item for m in self.messages if not isinstance(m.content, str)
-                for item in m.content if isinstance(item, kind)]
+        return [
+            item
+            for m in self.messages
+            if not isinstance(m.content, str)
+            for item in m.content
+            if isinstance(item, kind)
+        ]
 
     def resolve_image(self, name: str) -> Path:
         path = Path(name)
@@ -129,8 +135,13 @@ class CaseSpec(_Strict):
             return path
         resolved = (self.base_dir / path).resolve()
         if not resolved.is_relative_to(self.base_dir):
-            raise CaseError(self.source, f"image {name!r} escapes {self.base_dir}; give an "
-                            "absolute path to use a file elsewhere", self.id, "messages")
+            raise CaseError(
+                self.source,
+                f"image {name!r} escapes {self.base_dir}; give an "
+                "absolute path to use a file elsewhere",
+                self.id,
+                "messages",
+            )
         return resolved
 
     def template_messages(self) -> list[dict[str, Any]]:
@@ -140,8 +151,12 @@ class CaseSpec(_Strict):
             if isinstance(m.content, str):
                 out.append({"role": m.role, "content": m.content})
             else:
-                items = [{"type": "text", "text": i.text} if isinstance(i, TextItem)
-                         else {"type": "image"} for i in m.content]
+                items = [
+                    {"type": "text", "text": i.text}
+                    if isinstance(i, TextItem)
+                    else {"type": "image"}
+                    for i in m.content
+                ]
                 out.append({"role": m.role, "content": items})
         return out
 
@@ -200,9 +215,23 @@ def _resolve_includes(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]
     return _merge(merged, data)
 
 
+def _discriminator_values(annotated: Any) -> set[str]:
+    union, info = get_args(annotated)[:2]
+    return {get_args(m.model_fields[info.discriminator].annotation)[0] for m in get_args(union)}
+
+
+# Discriminator values pydantic inserts into error locations after a list index.
+_UNION_TAGS = _discriminator_values(ContentItem) | _discriminator_values(CheckSpec)
+
+
 def _field_name(location: tuple[Any, ...]) -> str:
-    # Drop pydantic's union-member tags (e.g. 'SynthModel', 'list[...]') from the path.
-    parts = [str(p) for p in location if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))]
+    parts: list[str] = []
+    for i, part in enumerate(location):
+        is_tag = i > 0 and isinstance(location[i - 1], int) and part in _UNION_TAGS
+        # Smart-union branches are reported by type name ('SynthModel', 'str', 'list[...]').
+        is_branch = isinstance(part, str) and (part[:1].isupper() or "[" in part or part == "str")
+        if not (is_tag or is_branch):
+            parts.append(str(part))
     return ".".join(parts) or "(top level)"
 
 
@@ -216,8 +245,9 @@ def load_case(path: Path) -> CaseSpec:
         # The deepest location is the most specific one (union branches report shallower).
         first = max(exc.errors(), key=lambda e: len(e["loc"]))
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise CaseError(path, first["msg"] + more, str(data.get("id")),
-                        _field_name(first["loc"])) from None
+        raise CaseError(
+            path, first["msg"] + more, str(data.get("id")), _field_name(first["loc"])
+        ) from None
 
 
 def discover(targets: Iterable[Path]) -> list[Path]:
@@ -225,8 +255,11 @@ def discover(targets: Iterable[Path]) -> list[Path]:
     files: list[Path] = []
     for target in targets:
         if target.is_dir():
-            found = sorted(p for p in target.iterdir()
-                           if p.suffix in (".yaml", ".yml") and not p.name.startswith("_"))
+            found = sorted(
+                p
+                for p in target.iterdir()
+                if p.suffix in (".yaml", ".yml") and not p.name.startswith("_")
+            )
             if not found:
                 raise CaseError(target, "directory holds no case files (*.yaml)")
             files.extend(found)
@@ -247,8 +280,11 @@ def load_cases(targets: Iterable[Path]) -> tuple[list[CaseSpec], list[CaseError]
             errors.append(exc)
             continue
         if case.id in seen:
-            errors.append(CaseError(path, f"duplicate id {case.id!r} (also in {seen[case.id]})",
-                                    case.id, "id"))
+            errors.append(
+                CaseError(
+                    path, f"duplicate id {case.id!r} (also in {seen[case.id]})", case.id, "id"
+                )
+            )
             continue
         seen[case.id] = case.source
         cases.append(case)

@@ -55,11 +55,16 @@ def _guarded(comparator: Comparator) -> Comparator:
         if reference.shape != test.shape:
             detail = f"shape {tuple(test.shape)} vs reference {tuple(reference.shape)}"
             return [Metric("shape", 1.0, 0.0, False, float("nan"), detail)]
-        bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in (reference, test)
-                  if np.issubdtype(a.dtype, np.floating))
+        bad = sum(
+            int(np.size(a) - np.isfinite(a).sum())
+            for a in (reference, test)
+            if np.issubdtype(a.dtype, np.floating)
+        )
         if bad:
-            detail = (f"non-finite values: reference {_count_nonfinite(reference)}, "
-                      f"test {_count_nonfinite(test)}")
+            detail = (
+                f"non-finite values: reference {_count_nonfinite(reference)}, "
+                f"test {_count_nonfinite(test)}"
+            )
             return [Metric("non_finite", float(bad), 0.0, False, float("nan"), detail)]
         if reference.size == 0:
             return [Metric("size", 0.0, 0.0, True, 0.0, "empty arrays")]
@@ -138,14 +143,28 @@ def topk(k: int, order: bool, prob_rtol: float, ref_floor: float) -> Comparator:
         ids_detail = f"reference {ref_ids.tolist()} test {test_ids.tolist()}"
         rel = np.abs(test_p[ref_ids] - ref_p[ref_ids]) / np.maximum(ref_p[ref_ids], ref_floor)
         rel_max = float(rel.max())
-        prob_detail = (f"worst token {int(ref_ids[rel.argmax()])}: p_ref "
-                       f"{ref_p[ref_ids[rel.argmax()]]:.4g} p_test {test_p[ref_ids[rel.argmax()]]:.4g}")
+        prob_detail = (
+            f"worst token {int(ref_ids[rel.argmax()])}: p_ref "
+            f"{ref_p[ref_ids[rel.argmax()]]:.4g} p_test {test_p[ref_ids[rel.argmax()]]:.4g}"
+        )
         ids_metric = f"top{k}_ids_{'order' if order else 'set'}_mismatch"
         return [
-            Metric(ids_metric, float(id_mismatch), 0.0, id_mismatch == 0, float(id_mismatch),
-                   ids_detail),
-            Metric(f"top{k}_prob_rel_diff", rel_max, prob_rtol, rel_max <= prob_rtol, rel_max,
-                   prob_detail),
+            Metric(
+                ids_metric,
+                float(id_mismatch),
+                0.0,
+                id_mismatch == 0,
+                float(id_mismatch),
+                ids_detail,
+            ),
+            Metric(
+                f"top{k}_prob_rel_diff",
+                rel_max,
+                prob_rtol,
+                rel_max <= prob_rtol,
+                rel_max,
+                prob_detail,
+            ),
         ]
 
     return compare
@@ -190,6 +209,4 @@ class TopkSpec(_CheckSpec):
         return topk(self.k, self.order, self.prob_rtol, self.ref_floor)
 
 
-CheckSpec = Annotated[
-    ExactSpec | AllcloseSpec | UlpSpec | TopkSpec, Field(discriminator="check")
-]
+CheckSpec = Annotated[ExactSpec | AllcloseSpec | UlpSpec | TopkSpec, Field(discriminator="check")]

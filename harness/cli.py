@@ -16,8 +16,12 @@ from .records import Status
 
 DEFAULT_CASES = Path("cases")
 DEFAULT_REPORT_DIR = Path("reports/latest")
-STATUS_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "red",
-                Status.SKIP: "yellow"}
+STATUS_STYLE = {
+    Status.PASS: "green",
+    Status.FAIL: "bold red",
+    Status.ERROR: "red",
+    Status.SKIP: "yellow",
+}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -27,6 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out, err = Console(), Console(stderr=True)
     cases, errors = load_cases(args.cases or [DEFAULT_CASES])
     with err.status("starting") as status:
+
         def observe(event: str, message: str) -> None:
             if event == "verdict":
                 err.log(message)
@@ -37,13 +42,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outputs = write_reports(result, args.report_dir, args.junit)
 
     table = Table(title=f"mlx-parity: {len(result.verdicts)} case(s)")
-    for column in ("case", "status", "first divergence", "worst metric", "reason"):
+    table.add_column("case", no_wrap=True)
+    for column in ("status", "first divergence", "worst metric", "reason"):
         table.add_column(column, overflow="fold")
     for v in result.verdicts:
         worst = min(v.checks, key=lambda c: (c.passed, c.margin), default=None)
-        metric = f"{worst.stage}.{worst.metric}={worst.value:.3g} (<= {worst.threshold:.3g})" if worst else ""
-        table.add_row(v.case_id, f"[{STATUS_STYLE[v.status]}]{v.status.value}[/]",
-                      v.first_divergence or "", metric, v.reason)
+        metric = (
+            f"{worst.stage}.{worst.metric}={worst.value:.3g} (<= {worst.threshold:.3g})"
+            if worst
+            else ""
+        )
+        table.add_row(
+            v.case_id,
+            f"[{STATUS_STYLE[v.status]}]{v.status.value}[/]",
+            v.first_divergence or "",
+            metric,
+            v.reason,
+        )
     out.print(table)
     out.print(f"report: {outputs['parquet']} (+ csv, md, junit: {outputs['junit']})")
     return result.exit_code
@@ -52,12 +67,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     cases, errors = load_cases(args.cases or [DEFAULT_CASES])
     table = Table(title="cases")
-    for column in ("id", "model", "paths", "images", "prefill", "markers", "file"):
+    table.add_column("id", no_wrap=True)
+    for column in ("model", "paths", "images", "prefill", "markers", "file"):
         table.add_column(column, overflow="fold")
     for c in cases:
-        table.add_row(c.id, c.model_label(), f"{c.paths.reference} vs {c.paths.candidate}",
-                      str(len(c.image_files)), str(c.prefill_step_size), ",".join(c.markers),
-                      c.source)
+        table.add_row(
+            c.id,
+            c.model_label(),
+            f"{c.paths.reference} vs {c.paths.candidate}",
+            str(len(c.image_files)),
+            str(c.prefill_step_size),
+            ",".join(c.markers),
+            c.source,
+        )
     console = Console()
     console.print(table)
     for e in errors:
@@ -84,9 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run cases and write the report")
-    run.add_argument("cases", nargs="*", type=Path, help="case files or directories (default: cases/)")
+    run.add_argument(
+        "cases", nargs="*", type=Path, help="case files or directories (default: cases/)"
+    )
     run.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
-    run.add_argument("--junit", type=Path, default=None, help="JUnit XML path (default: in report dir)")
+    run.add_argument(
+        "--junit", type=Path, default=None, help="JUnit XML path (default: in report dir)"
+    )
     run.set_defaults(handler=_cmd_run)
 
     lister = sub.add_parser("list", help="validate and list cases")
@@ -95,8 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="build (or find cached) a synthesized checkpoint")
     synth.add_argument("model_type", help="e.g. gemma4")
-    synth.add_argument("-o", "--option", action="append", type=_parse_option, default=[],
-                       metavar="KEY=VALUE", help="synthesizer option, e.g. hidden_size=48")
+    synth.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        type=_parse_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="synthesizer option, e.g. hidden_size=48",
+    )
     synth.set_defaults(handler=_cmd_synth)
     return parser
 

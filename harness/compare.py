@@ -9,21 +9,47 @@ from .checks import CheckSpec
 from .records import Capture, CheckResult, Status, Verdict, stage_rank
 
 
-def check_stage(case_id: str, stage: str, specs: Sequence[CheckSpec], reference: Capture,
-                candidate: Capture) -> list[CheckResult]:
+def check_stage(
+    case_id: str, stage: str, specs: Sequence[CheckSpec], reference: Capture, candidate: Capture
+) -> list[CheckResult]:
     ref, test = reference.arrays.get(stage), candidate.arrays.get(stage)
     if ref is None or test is None:
         absent = [c.path for c, a in ((reference, ref), (candidate, test)) if a is None]
         both = len(absent) == 2
-        detail = ("neither path produces this stage for this model" if both
-                  else f"not captured by {absent[0]}")
-        return [CheckResult(case_id, stage, "presence", "captured", float(not both), 0.0,
-                            both, 0.0 if both else float("nan"), detail)]
+        detail = (
+            "neither path produces this stage for this model"
+            if both
+            else f"not captured by {absent[0]}"
+        )
+        return [
+            CheckResult(
+                case_id,
+                stage,
+                "presence",
+                "captured",
+                float(not both),
+                0.0,
+                both,
+                0.0 if both else float("nan"),
+                detail,
+            )
+        ]
     results = []
     for spec in specs:
         for m in spec.build()(ref, test, reference.dtypes.get(stage, "float32")):
-            results.append(CheckResult(case_id, stage, spec.check, m.metric, m.value,
-                                       m.threshold, m.passed, m.required, m.detail))
+            results.append(
+                CheckResult(
+                    case_id,
+                    stage,
+                    spec.check,
+                    m.metric,
+                    m.value,
+                    m.threshold,
+                    m.passed,
+                    m.required,
+                    m.detail,
+                )
+            )
     return results
 
 

@@ -33,8 +33,11 @@ def machine() -> dict[str, str]:
     }
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 @functools.cache
-def git_commit(repo: Path = Path(__file__).resolve().parents[1]) -> str:
+def git_commit(repo: Path = PROJECT_ROOT) -> str:
     try:
         out = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],

@@ -16,8 +16,22 @@ from .records import Verdict
 from .runner import RunResult
 
 COLUMNS = [
-    "case_id", "source", "status", "first_divergence", "reason", "reference", "candidate",
-    "stage", "check", "metric", "value", "threshold", "margin", "required", "passed", "detail",
+    "case_id",
+    "source",
+    "status",
+    "first_divergence",
+    "reason",
+    "reference",
+    "candidate",
+    "stage",
+    "check",
+    "metric",
+    "value",
+    "threshold",
+    "margin",
+    "required",
+    "passed",
+    "detail",
 ]
 
 
@@ -35,12 +49,35 @@ def _rows(verdict: Verdict, run: RunResult) -> list[dict[str, object]]:
         "run_started": run.started,
     }
     if not verdict.checks:
-        return [{**base, "stage": None, "check": None, "metric": None, "value": None,
-                 "threshold": None, "margin": None, "required": None, "passed": None,
-                 "detail": ""}]
-    return [{**base, "stage": c.stage, "check": c.check, "metric": c.metric, "value": c.value,
-             "threshold": c.threshold, "margin": c.margin, "required": c.required,
-             "passed": c.passed, "detail": c.detail} for c in verdict.checks]
+        return [
+            {
+                **base,
+                "stage": None,
+                "check": None,
+                "metric": None,
+                "value": None,
+                "threshold": None,
+                "margin": None,
+                "required": None,
+                "passed": None,
+                "detail": "",
+            }
+        ]
+    return [
+        {
+            **base,
+            "stage": c.stage,
+            "check": c.check,
+            "metric": c.metric,
+            "value": c.value,
+            "threshold": c.threshold,
+            "margin": c.margin,
+            "required": c.required,
+            "passed": c.passed,
+            "detail": c.detail,
+        }
+        for c in verdict.checks
+    ]
 
 
 def to_frame(run: RunResult) -> pd.DataFrame:
@@ -63,44 +100,58 @@ def _fmt(value: float) -> str:
 def markdown(run: RunResult) -> str:
     counts = pd.Series([v.status.value for v in run.verdicts]).value_counts()
     summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no cases"
+    versions = " · ".join(
+        f"{name} {run.provenance.get('version_' + name)}" for name in ("mlx", "mlx-lm", "mlx-vlm")
+    )
     lines = [
         "## mlx-parity",
         "",
         f"**{'PASS' if run.exit_code == 0 else 'FAIL'}**: {summary}  ",
-        f"mlx {run.provenance.get('version_mlx')} · mlx-lm {run.provenance.get('version_mlx-lm')}"
-        f" · mlx-vlm {run.provenance.get('version_mlx-vlm')} · commit {run.provenance.get('commit')}",
+        f"{versions} · commit {run.provenance.get('commit')}",
         "",
         "| case | status | first divergence | worst check (value / threshold) | note |",
         "|---|---|---|---|---|",
     ]
     for v in run.verdicts:
         worst = min(v.checks, key=lambda c: (c.passed, c.margin), default=None)
-        worst_text = (f"{worst.stage} {worst.metric} {_fmt(worst.value)} / {_fmt(worst.threshold)}"
-                      if worst else "")
+        worst_text = (
+            f"{worst.stage} {worst.metric} {_fmt(worst.value)} / {_fmt(worst.threshold)}"
+            if worst
+            else ""
+        )
         note = v.reason.replace("|", "\\|")
-        lines.append(f"| {v.case_id} | {v.status.value} | {v.first_divergence or ''} | "
-                     f"{worst_text} | {note} |")
+        lines.append(
+            f"| {v.case_id} | {v.status.value} | {v.first_divergence or ''} | "
+            f"{worst_text} | {note} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def junit_xml(run: RunResult) -> str:
-    suite = ET.Element("testsuite", name="mlx-parity", tests=str(len(run.verdicts)),
-                       timestamp=run.started)
+    suite = ET.Element(
+        "testsuite", name="mlx-parity", tests=str(len(run.verdicts)), timestamp=run.started
+    )
     for v in run.verdicts:
-        case = ET.SubElement(suite, "testcase", classname="mlx-parity", name=v.case_id,
-                             file=v.source)
+        case = ET.SubElement(
+            suite, "testcase", classname="mlx-parity", name=v.case_id, file=v.source
+        )
         failed = [c for c in v.checks if not c.passed]
         if v.status.value == "fail":
-            text = "\n".join(f"{c.stage} {c.metric}={c.value:g} > {c.threshold:g} {c.detail}"
-                             for c in failed)
-            ET.SubElement(case, "failure", message=f"first divergence: {v.first_divergence}").text = text
+            text = "\n".join(
+                f"{c.stage} {c.metric}={c.value:g} > {c.threshold:g} {c.detail}" for c in failed
+            )
+            ET.SubElement(
+                case, "failure", message=f"first divergence: {v.first_divergence}"
+            ).text = text
         elif v.status.value == "error":
             ET.SubElement(case, "error", message=v.reason)
         elif v.status.value == "skip":
             ET.SubElement(case, "skipped", message=v.reason)
     for status in ("failure", "error", "skipped"):
-        suite.set(status + "s" if status != "skipped" else "skipped",
-                  str(len(suite.findall(f"./testcase/{status}"))))
+        suite.set(
+            status + "s" if status != "skipped" else "skipped",
+            str(len(suite.findall(f"./testcase/{status}"))),
+        )
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 

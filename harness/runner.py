@@ -53,13 +53,17 @@ def _now() -> str:
 
 
 def run_provenance() -> dict[str, str]:
-    return {"commit": provenance.git_commit(), **provenance.machine(),
-            **{f"version_{k}": v for k, v in provenance.library_versions().items()}}
+    return {
+        "commit": provenance.git_commit(),
+        **provenance.machine(),
+        **{f"version_{k}": v for k, v in provenance.library_versions().items()},
+    }
 
 
 def _error_verdict(case: CaseSpec, status: Status, reason: str, config: bool = False) -> Verdict:
-    return Verdict(case_id=case.id, source=case.source, status=status, reason=reason,
-                   config_error=config)
+    return Verdict(
+        case_id=case.id, source=case.source, status=status, reason=reason, config_error=config
+    )
 
 
 def _session_keys(case: CaseSpec, model_type: str) -> list[tuple[_SessionKey, str]]:
@@ -71,8 +75,9 @@ def _session_keys(case: CaseSpec, model_type: str) -> list[tuple[_SessionKey, st
         takes_addon = getattr(resolve_session_class(path), "takes_addon", True)
         if takes_addon:
             resolve_addon(case.addon, model_type)
-        options = SessionOptions(addon=case.addon if takes_addon else None,
-                                 trust_remote_code=case.trust_remote_code)
+        options = SessionOptions(
+            addon=case.addon if takes_addon else None, trust_remote_code=case.trust_remote_code
+        )
         keys.append((_SessionKey(path, options), role))
     return keys
 
@@ -84,8 +89,9 @@ def _release() -> None:
     mx.clear_cache()
 
 
-def _plan(group: list[CaseSpec], model_dir: Path, done: dict[str, Verdict]
-          ) -> dict[_SessionKey, list[tuple[CaseSpec, str]]]:
+def _plan(
+    group: list[CaseSpec], model_dir: Path, done: dict[str, Verdict]
+) -> dict[_SessionKey, list[tuple[CaseSpec, str]]]:
     from .paths.loading import model_type_of
 
     model_type = model_type_of(model_dir)
@@ -101,8 +107,9 @@ def _plan(group: list[CaseSpec], model_dir: Path, done: dict[str, Verdict]
     return plan
 
 
-def _capture_all(plan: dict[_SessionKey, list[tuple[CaseSpec, str]]], model_dir: Path,
-                 observe: Observer) -> tuple[dict[tuple[str, str], Capture], dict[str, str]]:
+def _capture_all(
+    plan: dict[_SessionKey, list[tuple[CaseSpec, str]]], model_dir: Path, observe: Observer
+) -> tuple[dict[tuple[str, str], Capture], dict[str, str]]:
     captures: dict[tuple[str, str], Capture] = {}
     failures: dict[str, str] = {}
     for key, members in plan.items():
@@ -148,17 +155,29 @@ def _run_group(group: list[CaseSpec], observe: Observer) -> list[Verdict]:
         if case.id in failures:
             done[case.id] = _error_verdict(case, Status.ERROR, failures[case.id])
         else:
-            done[case.id] = compute_verdict(case, captures[(case.id, "reference")],
-                                            captures[(case.id, "candidate")])
+            done[case.id] = compute_verdict(
+                case, captures[(case.id, "reference")], captures[(case.id, "candidate")]
+            )
     return [done[c.id] for c in group]
 
 
-def run_cases(cases: Iterable[CaseSpec], load_errors: Iterable[CaseError] = (),
-              observe: Observer = lambda event, message: None) -> RunResult:
+def run_cases(
+    cases: Iterable[CaseSpec],
+    load_errors: Iterable[CaseError] = (),
+    observe: Observer = lambda event, message: None,
+) -> RunResult:
     started = _now()
     errors = list(load_errors)
-    verdicts = [Verdict(case_id=e.case_id, source=e.source, status=Status.ERROR, reason=str(e),
-                        config_error=True) for e in errors]
+    verdicts = [
+        Verdict(
+            case_id=e.case_id,
+            source=e.source,
+            status=Status.ERROR,
+            reason=str(e),
+            config_error=True,
+        )
+        for e in errors
+    ]
     groups: dict[str, list[CaseSpec]] = {}
     for case in cases:
         groups.setdefault(case.model_key(), []).append(case)

@@ -24,8 +24,13 @@ class EngineStyle(AddOn):
     embeddings, image features divided by embed_scale, mlx-lm multiplies by it again."""
 
     def merge_features(self, decoder, input_ids, features):
-        return _scatter(decoder, input_ids, self.config.image_token_id,
-                        decoder.embed_tokens(input_ids), features / decoder.embed_scale)
+        return _scatter(
+            decoder,
+            input_ids,
+            self.config.image_token_id,
+            decoder.embed_tokens(input_ids),
+            features / decoder.embed_scale,
+        )
 
     def prompt_state(self, input_ids):
         return dataclasses.replace(super().prompt_state(input_ids), prescaled=False)
@@ -35,8 +40,13 @@ class FeaturesNotDivided(EngineStyle):
     """Image features not divided by embed_scale: mlx-lm scales them once too often."""
 
     def merge_features(self, decoder, input_ids, features):
-        return _scatter(decoder, input_ids, self.config.image_token_id,
-                        decoder.embed_tokens(input_ids), features)
+        return _scatter(
+            decoder,
+            input_ids,
+            self.config.image_token_id,
+            decoder.embed_tokens(input_ids),
+            features,
+        )
 
 
 class EmbedScaleTwice(AddOn):

@@ -27,15 +27,22 @@ PROFILES = ["exact", "image"]
 
 def _variant(case_file: str, addon: str, profile: str):
     base = load_case(CASES / f"{case_file}.yaml")
-    return base.model_copy(update={"id": f"{case_file}--{addon}--{profile}",
-                                   "addon": f"mutants:{addon}", "profile": profile})
+    return base.model_copy(
+        update={
+            "id": f"{case_file}--{addon}--{profile}",
+            "addon": f"mutants:{addon}",
+            "profile": profile,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def mutant_run():
     cases = [_variant(f, m, p) for f, m, _ in MUTANTS for p in PROFILES]
-    cases += [_variant("gemma4_one_image", "EngineStyle", "exact"),
-              _variant("gemma4_embed_scale_not_pow2", "EngineStyle", "exact")]
+    cases += [
+        _variant("gemma4_one_image", "EngineStyle", "exact"),
+        _variant("gemma4_embed_scale_not_pow2", "EngineStyle", "exact"),
+    ]
     return run_cases(cases)
 
 
@@ -53,8 +60,11 @@ def test_mutant_fails_at_its_stage(mutant_run, case_file, mutant, stage, profile
     # Every stage before the culprit still matches: the verdict localises the mistake.
     failing = {c.stage for c in v.checks if not c.passed}
     assert stage in failing
-    assert not failing & set(["input_ids", "per_layer_inputs", "embeddings"][
-        : ["input_ids", "per_layer_inputs", "embeddings", "logits"].index(stage)])
+    assert not failing & set(
+        ["input_ids", "per_layer_inputs", "embeddings"][
+            : ["input_ids", "per_layer_inputs", "embeddings", "logits"].index(stage)
+        ]
+    )
 
 
 @pytest.mark.parametrize(("case_file", "mutant", "stage"), MUTANTS)

@@ -39,11 +39,15 @@ def resolve_addon(name: str, model_type: str) -> type:
         except ModuleNotFoundError as exc:
             if exc.name != module_name:
                 raise
-            raise AddOnError(f"no built-in add-on {name!r} (expected harness/addons/"
-                             f"{ALIASES.get(name, name)}.py); or give 'module:Class'") from None
+            raise AddOnError(
+                f"no built-in add-on {name!r} (expected harness/addons/"
+                f"{ALIASES.get(name, name)}.py); or give 'module:Class'"
+            ) from None
         addon = module.AddOn
     missing = [m for m in REQUIRED_METHODS if not callable(getattr(addon, m, None))]
     if not isinstance(addon, type) or missing:
-        raise AddOnError(f"add-on {name!r} does not satisfy the add-on contract: "
-                         f"{'not a class' if not isinstance(addon, type) else 'missing ' + ', '.join(missing)}")
+        raise AddOnError(
+            f"add-on {name!r} does not satisfy the add-on contract: "
+            f"{'not a class' if not isinstance(addon, type) else 'missing ' + ', '.join(missing)}"
+        )
     return addon

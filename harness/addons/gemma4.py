@@ -108,10 +108,13 @@ class UnifiedGemma4TextModel(gemma4_text.Gemma4TextModel):
                 window = self.window_size if kind == "sliding_attention" else None
                 base = create_attention_mask(h, c, window_size=window, return_array=True)
                 if base.shape[-1] != stop:
-                    raise ValueError(f"cannot lay the bidirectional image mask over a "
-                                     f"{kind} cache of width {base.shape[-1]} (expected {stop})")
+                    raise ValueError(
+                        f"cannot lay the bidirectional image mask over a "
+                        f"{kind} cache of width {base.shape[-1]} (expected {stop})"
+                    )
                 same = (chunk_blocks[..., :, None] == blocks[:, None, :stop]) & (
-                    chunk_blocks[..., :, None] >= 0)
+                    chunk_blocks[..., :, None] >= 0
+                )
                 by_type[kind] = base | same[:, None]
             masks.append(by_type[kind])
         return masks
@@ -120,10 +123,16 @@ class UnifiedGemma4TextModel(gemma4_text.Gemma4TextModel):
     def _refuse_split_blocks(blocks: mx.array, start: int, stop: int) -> None:
         ids = blocks[0]
         for edge in (start, stop):
-            if 0 < edge < ids.shape[0] and int(ids[edge - 1]) >= 0 and int(ids[edge - 1]) == int(ids[edge]):
-                raise ValueError(f"prefill chunk [{start}, {stop}) splits image block "
-                                 f"{int(ids[edge])} at token {edge}; bidirectional vision "
-                                 "attention needs each image block inside one chunk")
+            if (
+                0 < edge < ids.shape[0]
+                and int(ids[edge - 1]) >= 0
+                and int(ids[edge - 1]) == int(ids[edge])
+            ):
+                raise ValueError(
+                    f"prefill chunk [{start}, {stop}) splits image block "
+                    f"{int(ids[edge])} at token {edge}; bidirectional vision "
+                    "attention needs each image block inside one chunk"
+                )
 
 
 class AddOn:
@@ -149,8 +158,13 @@ class AddOn:
         self._load_vision_weights(config.get("quantization"))
         self.processor = load_processor(self.model_path, add_detokenizer=True)
         self.multimodal_token_ids = [
-            t for t in (self.config.image_token_id, self.config.audio_token_id,
-                        getattr(self.config, "video_token_id", None)) if t is not None
+            t
+            for t in (
+                self.config.image_token_id,
+                self.config.audio_token_id,
+                getattr(self.config, "video_token_id", None),
+            )
+            if t is not None
         ]
 
     def _load_vision_weights(self, quantization: dict[str, Any] | None) -> None:
@@ -160,14 +174,24 @@ class AddOn:
                 key = key.removeprefix("model.")
                 if key.startswith(_VISION_PREFIXES) and "rotary_emb" not in key:
                     weights[key] = value
-        for prefix, module in (("vision_tower", self.vision_tower), ("embed_vision", self.embed_vision)):
-            own = {k.removeprefix(prefix + "."): v for k, v in weights.items()
-                   if k.startswith(prefix + ".")}
+        for prefix, module in (
+            ("vision_tower", self.vision_tower),
+            ("embed_vision", self.embed_vision),
+        ):
+            own = {
+                k.removeprefix(prefix + "."): v
+                for k, v in weights.items()
+                if k.startswith(prefix + ".")
+            }
             if quantization:
                 # Quantize exactly the layers whose scales were stored (stack-facts pitfall 7).
-                nn.quantize(module, group_size=quantization["group_size"], bits=quantization["bits"],
-                            mode=quantization.get("mode", "affine"),
-                            class_predicate=lambda p, m, own=own: f"{p}.scales" in own)
+                nn.quantize(
+                    module,
+                    group_size=quantization["group_size"],
+                    bits=quantization["bits"],
+                    mode=quantization.get("mode", "affine"),
+                    class_predicate=lambda p, m, own=own: f"{p}.scales" in own,
+                )
             module.load_weights(list(own.items()), strict=True)
             mx.eval(module.parameters())
 
@@ -179,8 +203,13 @@ class AddOn:
     def clear_prediction_state(self, text_model: Any) -> None:
         text_model.language_model.model.prompt_state = None
 
-    def compute_embeddings(self, text_model: Any, prompt_tokens: mx.array,
-                           images_b64: list[str], max_size: tuple[int, int] | None):
+    def compute_embeddings(
+        self,
+        text_model: Any,
+        prompt_tokens: mx.array,
+        images_b64: list[str],
+        max_size: tuple[int, int] | None,
+    ):
         from mlx_vlm.utils import load_image, prepare_inputs
 
         if not images_b64:
@@ -190,9 +219,13 @@ class AddOn:
             for image in images:
                 image.thumbnail(max_size)
         prompt = self.processor.tokenizer.decode(prompt_tokens.tolist())
-        inputs = prepare_inputs(self.processor, images=images, prompts=[prompt],
-                                image_token_index=self.config.image_token_id,
-                                add_special_tokens=False)
+        inputs = prepare_inputs(
+            self.processor,
+            images=images,
+            prompts=[prompt],
+            image_token_index=self.config.image_token_id,
+            add_special_tokens=False,
+        )
         input_ids = inputs["input_ids"]
         features = self.embed_vision(
             self.vision_tower(inputs["pixel_values"], inputs.get("image_position_ids"))
@@ -209,8 +242,11 @@ class AddOn:
 
         embeddings = decoder.embed_tokens(input_ids) * decoder.embed_scale
         is_image = mx.expand_dims(input_ids == self.config.image_token_id, -1)
-        return masked_scatter(embeddings, mx.broadcast_to(is_image, embeddings.shape),
-                              features.astype(embeddings.dtype))
+        return masked_scatter(
+            embeddings,
+            mx.broadcast_to(is_image, embeddings.shape),
+            features.astype(embeddings.dtype),
+        )
 
     def per_layer_input_ids(self, input_ids: mx.array) -> mx.array | None:
         multimodal = mx.zeros(input_ids.shape, dtype=mx.bool_)
@@ -220,5 +256,7 @@ class AddOn:
 
     def prompt_state(self, input_ids: mx.array) -> PromptState:
         blocks = vision_block_ids(input_ids == self.config.image_token_id)
-        return PromptState(per_layer_input_ids=self.per_layer_input_ids(input_ids),
-                           vision_blocks=blocks if self.bidirectional else None)
+        return PromptState(
+            per_layer_input_ids=self.per_layer_input_ids(input_ids),
+            vision_blocks=blocks if self.bidirectional else None,
+        )

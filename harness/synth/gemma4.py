@@ -282,7 +282,9 @@ def _random_weights(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
             model,
             group_size=64,
             bits=spec.quantize_bits,
-            class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % 64 == 0,
+            class_predicate=lambda _, m: (
+                hasattr(m, "to_quantized") and m.weight.shape[-1] % 64 == 0
+            ),
         )
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
@@ -293,9 +295,7 @@ def build(spec: Spec, out: Path) -> None:
     """Write the checkpoint files into the (existing, empty) directory `out`."""
     import mlx.core as mx
 
-    ids = build_bpe_tokenizer(
-        out, BASE_SPECIALS + list(GEMMA4_SPECIALS.values()), spec.vocab_size
-    )
+    ids = build_bpe_tokenizer(out, BASE_SPECIALS + list(GEMMA4_SPECIALS.values()), spec.vocab_size)
     config = model_config(spec, ids)
     weights = _random_weights(spec, config)
     if spec.quantize_bits is not None:

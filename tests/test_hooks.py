@@ -1,0 +1,86 @@
+"""Capture hooks live on the loaded instance only and vanish afterwards; the add-on's
+patch changes nothing without images; unsupported chunking is refused clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import CASES
+
+from harness.cases import PathPair, load_case
+from harness.models import resolve_model
+from harness.paths import SessionOptions
+from harness.paths.native import NativeSession
+from harness.paths.unified import PlainTextSession, UnifiedSession
+from harness.records import Status
+from harness.runner import run_cases
+
+
+@pytest.fixture(scope="module")
+def image_case():
+    return load_case(CASES / "gemma4_one_image.yaml")
+
+
+def _assert_clean(model):
+    decoder = model.language_model.model
+    assert type(model.layers[0]).__name__ == "DecoderLayer"
+    assert not {"project_per_layer_inputs", "_project_per_layer_inputs"} & set(vars(decoder))
+
+
+@pytest.mark.parametrize("session_class", [NativeSession, UnifiedSession])
+def test_hooks_are_removed_and_repeat_captures_are_identical(session_class, image_case):
+    session = session_class(resolve_model(image_case), SessionOptions(addon="gemma4"))
+    try:
+        first = session.capture(image_case)
+        _assert_clean(session.model)
+        second = session.capture(image_case)
+        _assert_clean(session.model)
+    finally:
+        session.close()
+    assert first.arrays.keys() == second.arrays.keys()
+    for stage in first.arrays:
+        np.testing.assert_array_equal(first.arrays[stage], second.arrays[stage])
+
+
+def test_patch_is_scoped_to_the_instance(image_case):
+    from mlx_lm.models import gemma4_text
+
+    unified = UnifiedSession(resolve_model(image_case), SessionOptions(addon="gemma4"))
+    plain = PlainTextSession(resolve_model(image_case), SessionOptions())
+    try:
+        assert type(unified.model.language_model.model).__name__ == "UnifiedGemma4TextModel"
+        assert type(plain.model.language_model.model) is gemma4_text.Gemma4TextModel
+        assert gemma4_text.Gemma4TextModel.__call__.__qualname__ == "Gemma4TextModel.__call__"
+    finally:
+        unified.close()
+        plain.close()
+
+
+def test_plain_mlx_lm_path_refuses_images(image_case):
+    case = image_case.model_copy(
+        update={"id": "plain-with-image", "paths": PathPair(candidate="mlx-lm")}
+    )
+    (v,) = run_cases([case]).verdicts
+    assert v.status is Status.ERROR and "takes text prompts only" in v.reason
+
+
+def test_bidirectional_chunk_splitting_an_image_is_refused():
+    base = load_case(CASES / "gemma4_bidirectional.yaml")
+    case = base.model_copy(update={"id": "bidi-split", "prefill_step_size": 32})
+    (v,) = run_cases([case]).verdicts
+    assert v.status is Status.ERROR
+    assert "candidate path unified" in v.reason and "splits image block" in v.reason
+
+
+def test_capture_records_the_prompt_only(image_case):
+    session = UnifiedSession(resolve_model(image_case), SessionOptions(addon="gemma4"))
+    try:
+        capture = session.capture(image_case)
+    finally:
+        session.close()
+    n = capture.arrays["input_ids"].shape[0]
+    assert capture.arrays["embeddings"].shape[0] == n
+    assert capture.arrays["per_layer_inputs"].shape[:2] == (n, 4)
+    assert sum(capture.prefill_chunks) == n and capture.prefill_chunks[-1] == 1
+    assert capture.dtypes["embeddings"] == "bfloat16"
+    assert capture.arrays["logits"].shape == (512,)
