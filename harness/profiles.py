@@ -1,8 +1,9 @@
 """Named tolerance profiles: the default check list per stage.
 
-`exact`: every stage bit-exact (the default for text prompts). `image`: ids and per-layer
-inputs exact, embeddings within one ulp of their dtype, first-token top-5 ids equal in order and top-5 probabilities within
-25% (1e-3 floor on the reference probability), the engine's own acceptance rule.
+`exact`: every stage bit-exact (the default for text prompts).
+`image`: ids and per-layer inputs exact, embeddings within one ulp of their dtype,
+first-token top-5 ids equal in order and top-5 probabilities within 25% (1e-3 floor on
+the reference probability): the engine's own acceptance rule.
 A case picks a profile (default: `image` when it has images, else `exact`) and overrides
 single stages.
 """
