@@ -46,7 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for column in ("status", "first divergence", "worst metric", "reason"):
         table.add_column(column, overflow="fold")
     for v in result.verdicts:
-        worst = min(v.checks, key=lambda c: (c.passed, c.margin), default=None)
+        worst = v.worst_check()
         metric = (
             f"{worst.stage}.{worst.metric}={worst.value:.3g} (<= {worst.threshold:.3g})"
             if worst

@@ -76,3 +76,9 @@ class Verdict:
     reference: str = ""
     candidate: str = ""
     provenance: Mapping[str, str] = field(default_factory=dict)
+
+    def worst_check(self) -> CheckResult | None:
+        """Failed checks first, then the smallest margin; ties go to the latest stage."""
+        return min(
+            self.checks, key=lambda c: (c.passed, c.margin, -stage_rank(c.stage)), default=None
+        )

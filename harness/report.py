@@ -113,7 +113,7 @@ def markdown(run: RunResult) -> str:
         "|---|---|---|---|---|",
     ]
     for v in run.verdicts:
-        worst = min(v.checks, key=lambda c: (c.passed, c.margin), default=None)
+        worst = v.worst_check()
         worst_text = (
             f"{worst.stage} {worst.metric} {_fmt(worst.value)} / {_fmt(worst.threshold)}"
             if worst
