@@ -35,24 +35,30 @@ class FirstLogits:
         return logits
 
 
-def prompt_rows(chunks: Sequence[mx.array], prompt_len: int) -> tuple[mx.array, tuple[int, ...]]:
-    """Concatenate per-call [1, n, ...] arrays and keep the prompt's rows.
+def prompt_rows(calls: Sequence[mx.array], n_calls: int, prompt_len: int) -> mx.array:
+    """The prompt's rows from the first `n_calls` per-call [1, n, ...] arrays.
 
-    `generate_step` runs the first decode step before yielding, so calls past the prompt
-    are dropped; the lengths of the calls that covered the prompt are the prefill schedule.
+    `generate_step` runs the first decode step before yielding, so later calls are dropped.
+    Where a path computed only the last position of a layer (mlx-vlm trims KV-shared Gemma 4
+    layers to the rows whose logits it keeps), only the final prompt position is returned.
     """
-    kept, lengths, total = [], [], 0
-    for chunk in chunks:
+    if len(calls) < n_calls:
+        raise RuntimeError(f"recorded {len(calls)} calls, expected {n_calls} prefill calls")
+    rows = mx.concatenate(list(calls[:n_calls]), axis=1)[0]
+    return rows if rows.shape[0] == prompt_len else rows[-1:]
+
+
+def prefill_schedule(embedding_calls: Sequence[mx.array], prompt_len: int) -> tuple[int, ...]:
+    """Lengths of the calls that covered the prompt, from what entered decoder layer 0."""
+    lengths, total = [], 0
+    for call in embedding_calls:
         if total >= prompt_len:
             break
-        kept.append(chunk)
-        lengths.append(int(chunk.shape[1]))
-        total += int(chunk.shape[1])
+        lengths.append(int(call.shape[1]))
+        total += lengths[-1]
     if total != prompt_len:
-        raise RuntimeError(
-            f"recorded {total} prompt rows across {len(kept)} calls, expected {prompt_len}"
-        )
-    return mx.concatenate(kept, axis=1)[0], tuple(lengths)
+        raise RuntimeError(f"decoder layer 0 saw {total} prompt rows, expected {prompt_len}")
+    return tuple(lengths)
 
 
 def build_capture(
@@ -62,19 +68,18 @@ def build_capture(
     recording: Recording,
     logits: mx.array | None,
     provenance: Mapping[str, Any],
+    layer_tree: str = "",
 ) -> Capture:
+    if logits is None:
+        raise RuntimeError("the prompt's forward pass produced no logits")
     prompt_len = int(input_ids.size)
+    chunks = prefill_schedule(recording.calls.get("embeddings", []), prompt_len)
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     arrays["input_ids"], dtypes["input_ids"] = to_numpy(input_ids.reshape(-1))
-    chunks: tuple[int, ...] = ()
     for stage, calls in recording.calls.items():
-        rows, lengths = prompt_rows(calls, prompt_len)
+        rows = prompt_rows(calls, len(chunks), prompt_len)
         arrays[stage], dtypes[stage] = to_numpy(rows)
-        if stage == "embeddings":
-            chunks = lengths
-    if logits is None:
-        raise RuntimeError("the prompt's forward pass produced no logits")
     arrays["logits"], dtypes["logits"] = to_numpy(logits.reshape(-1))
     return Capture(
         path=path,
@@ -83,4 +88,5 @@ def build_capture(
         dtypes=dtypes,
         prefill_chunks=chunks,
         provenance={k: str(v) for k, v in provenance.items()},
+        layer_tree=layer_tree,
     )

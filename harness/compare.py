@@ -2,11 +2,64 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+
+import numpy as np
 
 from .cases import CaseSpec
 from .checks import CheckSpec
-from .records import Capture, CheckResult, Status, Verdict, stage_rank
+from .probes import LAYER_OUT, LAYER_PLI
+from .records import Capture, CheckResult, Status, Verdict, layer_stage, stage_rank
+
+
+def _results(
+    case_id: str,
+    stage: str,
+    specs: Sequence[CheckSpec],
+    ref: np.ndarray,
+    test: np.ndarray,
+    dtype: str,
+    prefix: str = "",
+) -> list[CheckResult]:
+    return [
+        CheckResult(
+            case_id,
+            stage,
+            spec.check,
+            prefix + m.metric,
+            m.value,
+            m.threshold,
+            m.passed,
+            m.required,
+            m.detail,
+            gating=spec.gate and m.gating,
+        )
+        for spec in specs
+        for m in spec.build()(ref, test, dtype)
+    ]
+
+
+def _absent(
+    case_id: str, stage: str, reference: Capture, candidate: Capture, ref, test
+) -> CheckResult:
+    absent = [c.path for c, a in ((reference, ref), (candidate, test)) if a is None]
+    both = len(absent) == 2
+    detail = (
+        "neither path produces this stage for this model"
+        if both
+        else (f"not captured by {absent[0]}")
+    )
+    return CheckResult(
+        case_id,
+        stage,
+        "presence",
+        "captured",
+        float(not both),
+        0.0,
+        both,
+        0.0 if both else float("nan"),
+        detail,
+    )
 
 
 def check_stage(
@@ -14,61 +67,121 @@ def check_stage(
 ) -> list[CheckResult]:
     ref, test = reference.arrays.get(stage), candidate.arrays.get(stage)
     if ref is None or test is None:
-        absent = [c.path for c, a in ((reference, ref), (candidate, test)) if a is None]
-        both = len(absent) == 2
+        return [_absent(case_id, stage, reference, candidate, ref, test)]
+    return _results(case_id, stage, specs, ref, test, reference.dtypes.get(stage, "float32"))
+
+
+def _layer_count(capture: Capture) -> int:
+    return sum(1 for key in capture.arrays if key.startswith(LAYER_OUT + "."))
+
+
+def _align_rows(ref: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Compare the rows both paths computed: a path that computed only the last position
+    of a layer is compared there."""
+    if ref.shape[0] != test.shape[0] and 1 in (ref.shape[0], test.shape[0]):
+        return ref[-1:], test[-1:], "last_position_"
+    return ref, test, ""
+
+
+def check_layers(
+    case_id: str, specs: Sequence[CheckSpec], reference: Capture, candidate: Capture
+) -> list[CheckResult]:
+    n_ref, n_test = _layer_count(reference), _layer_count(candidate)
+    if n_ref != n_test:
         detail = (
-            "neither path produces this stage for this model"
-            if both
-            else f"not captured by {absent[0]}"
+            f"cannot match layers: {reference.path} has {reference.layer_tree}, "
+            f"{candidate.path} has {candidate.layer_tree}"
         )
         return [
             CheckResult(
                 case_id,
-                stage,
+                "layers",
                 "presence",
-                "captured",
-                float(not both),
+                "layer_count_mismatch",
+                float(abs(n_ref - n_test)),
                 0.0,
-                both,
-                0.0 if both else float("nan"),
+                False,
+                float("nan"),
                 detail,
+                gating=False,
             )
         ]
     results = []
-    for spec in specs:
-        for m in spec.build()(ref, test, reference.dtypes.get(stage, "float32")):
-            results.append(
-                CheckResult(
-                    case_id,
-                    stage,
-                    spec.check,
-                    m.metric,
-                    m.value,
-                    m.threshold,
-                    m.passed,
-                    m.required,
-                    m.detail,
-                )
-            )
+    for index in range(n_ref):
+        stage = layer_stage(index)
+        for key, prefix in ((LAYER_OUT, ""), (LAYER_PLI, "per_layer_input_")):
+            ref = reference.arrays.get(f"{key}.{index}")
+            test = candidate.arrays.get(f"{key}.{index}")
+            if ref is None and test is None:
+                continue
+            if ref is None or test is None:
+                results.append(_absent(case_id, stage, reference, candidate, ref, test))
+                continue
+            ref, test, where = _align_rows(ref, test)
+            dtype = reference.dtypes.get(f"{key}.{index}", "float32")
+            results += _results(case_id, stage, specs, ref, test, dtype, prefix + where)
     return results
 
 
 def compare(case: CaseSpec, reference: Capture, candidate: Capture) -> list[CheckResult]:
-    profile: Mapping[str, Sequence[CheckSpec]] = case.checks()
+    profile = case.checks()
     results: list[CheckResult] = []
     for stage in sorted(profile, key=stage_rank):
-        results.extend(check_stage(case.id, stage, profile[stage], reference, candidate))
+        if stage == "layers":
+            results.extend(check_layers(case.id, profile[stage], reference, candidate))
+        else:
+            results.extend(check_stage(case.id, stage, profile[stage], reference, candidate))
     return results
 
 
-def verdict(case: CaseSpec, reference: Capture, candidate: Capture) -> Verdict:
+def image_token_errors(
+    case: CaseSpec, reference: Capture, candidate: Capture, image_token_id: int | None
+) -> tuple[np.ndarray, ...]:
+    """Max |diff| of each image token's embedding, one 2-D grid per image, laid out with
+    the image's aspect ratio (row-major, as the vision pooler emits tokens)."""
+    ids = reference.arrays.get("input_ids")
+    ref, test = reference.arrays.get("embeddings"), candidate.arrays.get("embeddings")
+    if image_token_id is None or ids is None or ref is None or test is None:
+        return ()
+    if ref.shape != test.shape or candidate.arrays["input_ids"].shape != ids.shape:
+        return ()
+    errors = np.abs(ref.astype(np.float64) - test.astype(np.float64)).max(axis=-1)
+    positions = np.flatnonzero(ids == image_token_id)
+    if positions.size == 0:
+        return ()
+    blocks = np.split(positions, np.flatnonzero(np.diff(positions) != 1) + 1)
+    sizes = [_image_size(path) for path in case.image_files]
+    grids = []
+    for index, block in enumerate(blocks):
+        width, height = sizes[index] if index < len(sizes) else (1, 1)
+        grids.append(errors[block].reshape(_grid_shape(block.size, width / height)))
+    return tuple(grids)
+
+
+def _image_size(path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+def _grid_shape(n: int, aspect: float) -> tuple[int, int]:
+    """rows x cols == n with cols/rows closest to the image's aspect ratio."""
+    divisors = [r for r in range(1, n + 1) if n % r == 0]
+    rows = min(divisors, key=lambda r: abs(np.log((n / r) / r) - np.log(aspect)))
+    return rows, n // rows
+
+
+def verdict(
+    case: CaseSpec, reference: Capture, candidate: Capture, image_token_id: int | None = None
+) -> Verdict:
     results = compare(case, reference, candidate)
     failed = [r for r in results if not r.passed]
     first = min(failed, key=lambda r: stage_rank(r.stage)).stage if failed else None
     return Verdict(
         case_id=case.id,
         source=case.source,
-        status=Status.FAIL if failed else Status.PASS,
+        status=Status.FAIL if any(r.gating for r in failed) else Status.PASS,
         checks=tuple(results),
         first_divergence=first,
         reference=reference.path,
@@ -78,4 +191,5 @@ def verdict(case: CaseSpec, reference: Capture, candidate: Capture) -> Verdict:
             "reference_prefill_chunks": ",".join(map(str, reference.prefill_chunks)),
             "candidate_prefill_chunks": ",".join(map(str, candidate.prefill_chunks)),
         },
+        image_token_errors=image_token_errors(case, reference, candidate, image_token_id),
     )

@@ -12,21 +12,42 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .checks import CheckSpec, ExactSpec, TopkSpec, UlpSpec
+from .checks import (
+    CheckSpec,
+    DeltaPSpec,
+    ExactSpec,
+    JaccardSpec,
+    KlSpec,
+    StatsSpec,
+    Top1Spec,
+    TopkSpec,
+    UlpSpec,
+)
 
 Profile = Mapping[str, Sequence[CheckSpec]]
+
+# Distribution metrics on the first-token logits: always reported, never gating by default.
+DISTRIBUTION = (
+    KlSpec(max=1e-3, gate=False),
+    Top1Spec(gate=False),
+    JaccardSpec(k=5, min=1.0, gate=False),
+    DeltaPSpec(max=0.05, gate=False),
+)
 
 PROFILES: dict[str, Profile] = {
     "exact": {
         "input_ids": (ExactSpec(),),
         "per_layer_inputs": (ExactSpec(),),
         "embeddings": (ExactSpec(),),
-        "logits": (ExactSpec(),),
+        "layers": (StatsSpec(max_abs=0.0),),
+        "logits": (ExactSpec(), *DISTRIBUTION),
     },
     "image": {
         "input_ids": (ExactSpec(),),
         "per_layer_inputs": (ExactSpec(),),
         "embeddings": (UlpSpec(ulps=1),),
-        "logits": (TopkSpec(k=5, order=True, prob_rtol=0.25, ref_floor=1e-3),),
+        # Per-layer probes locate the first bit of drift without gating on it.
+        "layers": (StatsSpec(max_abs=0.0, gate=False),),
+        "logits": (TopkSpec(k=5, order=True, prob_rtol=0.25, ref_floor=1e-3), *DISTRIBUTION),
     },
 }

@@ -13,11 +13,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # The order in which data flows through a decoder; "first diverging stage" follows it.
-STAGE_ORDER: tuple[str, ...] = ("input_ids", "per_layer_inputs", "embeddings", "logits")
+# "layers" stands for the per-layer stages "layer.0" ... "layer.N-1".
+STAGE_ORDER: tuple[str, ...] = ("input_ids", "per_layer_inputs", "embeddings", "layers", "logits")
+LAYER_PREFIX = "layer."
 
 
-def stage_rank(stage: str) -> int:
-    return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
+def layer_stage(index: int) -> str:
+    return f"{LAYER_PREFIX}{index}"
+
+
+def stage_rank(stage: str) -> tuple[int, int]:
+    if stage.startswith(LAYER_PREFIX):
+        return STAGE_ORDER.index("layers"), int(stage.removeprefix(LAYER_PREFIX))
+    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)), 0
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class Capture:
     dtypes: Mapping[str, str]
     prefill_chunks: tuple[int, ...]
     provenance: Mapping[str, str] = field(default_factory=dict)
+    # Where the per-layer probes sat, e.g. "gemma4_text.Gemma4TextModel.layers (4)".
+    layer_tree: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class CheckResult:
     # "minimum required tolerance"); nan when no tolerance can make it pass.
     required: float
     detail: str = ""
+    # False for diagnostics: they locate a divergence but never fail the verdict.
+    gating: bool = True
 
     @property
     def margin(self) -> float:
@@ -76,9 +88,13 @@ class Verdict:
     reference: str = ""
     candidate: str = ""
     provenance: Mapping[str, str] = field(default_factory=dict)
+    # Image prompts: per-image grids of the embedding error of each image token.
+    image_token_errors: tuple[np.ndarray, ...] = ()
 
     def worst_check(self) -> CheckResult | None:
         """Failed checks first, then the smallest margin; ties go to the latest stage."""
         return min(
-            self.checks, key=lambda c: (c.passed, c.margin, -stage_rank(c.stage)), default=None
+            (c for c in self.checks if c.gating),
+            key=lambda c: (c.passed, c.margin, tuple(-r for r in stage_rank(c.stage))),
+            default=None,
         )

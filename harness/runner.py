@@ -148,7 +148,10 @@ def _run_group(group: list[CaseSpec], observe: Observer) -> list[Verdict]:
     except Exception as exc:
         return [_error_verdict(c, Status.ERROR, one_line(exc)) for c in group]
 
+    from .paths.loading import image_token_id_of
+
     captures, failures = _capture_all(plan, model_dir, observe)
+    image_token_id = image_token_id_of(model_dir)
     for case in group:
         if case.id in done:
             continue
@@ -156,7 +159,10 @@ def _run_group(group: list[CaseSpec], observe: Observer) -> list[Verdict]:
             done[case.id] = _error_verdict(case, Status.ERROR, failures[case.id])
         else:
             done[case.id] = compute_verdict(
-                case, captures[(case.id, "reference")], captures[(case.id, "candidate")]
+                case,
+                captures[(case.id, "reference")],
+                captures[(case.id, "candidate")],
+                image_token_id,
             )
     return [done[c.id] for c in group]
 

@@ -29,8 +29,9 @@ def test_minimal_case_gets_documented_defaults(tmp_path):
     assert (case.paths.reference, case.paths.candidate) == ("mlx-vlm", "unified")
     assert case.prefill_step_size == 2048 and case.addon == "auto"
     assert case.chat_template_kwargs == {"enable_thinking": False}
-    checks = case.checks()
-    assert all(spec.check == "exact" for specs in checks.values() for spec in specs)
+    gating = [spec for specs in case.checks().values() for spec in specs if spec.gate]
+    assert {spec.check for spec in gating} == {"exact", "stats"}
+    assert all(spec.max_abs == 0.0 for spec in gating if spec.check == "stats")
 
 
 def test_image_case_defaults_to_the_image_profile(tmp_path):
@@ -49,7 +50,14 @@ def test_image_case_defaults_to_the_image_profile(tmp_path):
     )
     checks = case.checks()
     assert [s.check for s in checks["embeddings"]] == ["ulp"]
-    (topk,) = checks["logits"]
+    (topk,) = [s for s in checks["logits"] if s.gate]
+    assert {s.check for s in checks["logits"] if not s.gate} == {
+        "kl",
+        "top1",
+        "jaccard",
+        "max_delta_p",
+    }
+    assert [s.gate for s in checks["layers"]] == [False]
     assert (topk.k, topk.order, topk.prob_rtol, topk.ref_floor) == (5, True, 0.25, 1e-3)
     assert case.image_files == [tmp_path / "a.png"]
 
@@ -79,7 +87,7 @@ def test_include_merges_nested_mappings_and_the_file_wins(tmp_path):
     )
     assert case.model.options == {"hidden_size": 48, "seed": 3}
     assert case.prefill_step_size == 64 and case.markers == ["base"]
-    (logits,) = case.checks()["logits"]
+    (logits,) = case.checks()["logits"]  # an override replaces the stage's whole list
     assert logits.check == "allclose" and logits.atol == 0.01
 
 

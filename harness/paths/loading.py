@@ -23,6 +23,12 @@ def model_type_of(model_dir: Path) -> str:
         raise PathError(f"{config} has no readable model_type: {exc}") from None
 
 
+def image_token_id_of(model_dir: Path) -> int | None:
+    config = json.loads((model_dir / "config.json").read_text())
+    token = config.get("image_token_id", config.get("image_token_index"))
+    return token if isinstance(token, int) else None
+
+
 def load_quietly(loader: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a library loader offline, without its unrelated warnings (e.g. audio mel
     filters): nothing may be fetched from a hub at run time."""

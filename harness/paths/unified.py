@@ -78,7 +78,13 @@ class PlainTextSession:
             next(steps)
             steps.close()
         return build_capture(
-            self.name, case.id, input_ids, recording, first_logits.logits, self.provenance
+            self.name,
+            case.id,
+            input_ids,
+            recording,
+            first_logits.logits,
+            self.provenance,
+            probes.layer_tree(self.model),
         )
 
     def close(self) -> None:

@@ -30,30 +30,51 @@ class Recording:
 
 
 class _LayerTap:
-    """Stands in for a decoder layer in its parent's list and records its input."""
+    """Stands in for a decoder layer in its parent's list; records what enters layer 0
+    (the embeddings after any scaling), what leaves every layer, and the per-layer input
+    each layer receives where the architecture has one. Records only: never changes the
+    arrays passed through."""
 
-    def __init__(self, layer: Any, on_input: Callable[[mx.array], None]) -> None:
+    def __init__(self, layer: Any, index: int, recording: Recording) -> None:
         self._layer = layer
-        self._on_input = on_input
+        self._index = index
+        self._recording = recording
 
     def __call__(self, x: mx.array, *args: Any, **kwargs: Any) -> Any:
-        self._on_input(x)
-        return self._layer(x, *args, **kwargs)
+        if self._index == 0:
+            self._recording.add("embeddings", x)
+        per_layer_input = kwargs.get("per_layer_input")
+        if per_layer_input is not None:
+            self._recording.add(f"{LAYER_PLI}.{self._index}", per_layer_input)
+        out = self._layer(x, *args, **kwargs)
+        self._recording.add(f"{LAYER_OUT}.{self._index}", out[0] if isinstance(out, tuple) else out)
+        return out
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._layer, name)
 
 
-@contextlib.contextmanager
-def tap_first_layer_input(model: Any, recording: Recording) -> Iterator[None]:
-    """Record the hidden state entering decoder layer 0: the embeddings after any scaling."""
+LAYER_OUT = "layer_outputs"
+LAYER_PLI = "layer_per_layer_inputs"
+
+
+def layer_tree(model: Any) -> str:
+    """Human-readable location of the probed layer list, for mismatch messages."""
     layers = model.layers
-    original = layers[0]
-    layers[0] = _LayerTap(original, lambda x: recording.add("embeddings", x))
+    owner = type(layers[0]._layer if isinstance(layers[0], _LayerTap) else layers[0])
+    return f"{owner.__module__}.{owner.__qualname__} x {len(layers)} (model.layers)"
+
+
+@contextlib.contextmanager
+def tap_layers(model: Any, recording: Recording) -> Iterator[None]:
+    layers = model.layers
+    originals = list(layers)
+    for index, layer in enumerate(originals):
+        layers[index] = _LayerTap(layer, index, recording)
     try:
         yield
     finally:
-        layers[0] = original
+        layers[:] = originals
 
 
 @contextlib.contextmanager
@@ -88,7 +109,7 @@ def architecture_taps(model_type: str) -> Callable[[Any, Recording], Any] | None
 def install(model: Any, model_type: str) -> Iterator[Recording]:
     recording = Recording()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(tap_first_layer_input(model, recording))
+        stack.enter_context(tap_layers(model, recording))
         extra = architecture_taps(model_type)
         if extra is not None:
             stack.enter_context(extra(model, recording))
