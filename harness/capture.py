@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -89,4 +91,42 @@ def build_capture(
         prefill_chunks=chunks,
         provenance={k: str(v) for k, v in provenance.items()},
         layer_tree=layer_tree,
+    )
+
+
+def save_capture(capture: Capture, path: Path) -> None:
+    """Full captured tensors as safetensors (no pickle), metadata alongside in its header."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "path": capture.path,
+        "case_id": capture.case_id,
+        "prefill_chunks": json.dumps(list(capture.prefill_chunks)),
+        "dtypes": json.dumps(dict(capture.dtypes)),
+        "layer_tree": capture.layer_tree,
+        **{f"provenance.{k}": v for k, v in capture.provenance.items()},
+    }
+    tensors = {k: np.ascontiguousarray(v) for k, v in capture.arrays.items()}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_capture(path: Path) -> Capture:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata()
+        arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    return Capture(
+        path=metadata["path"],
+        case_id=metadata["case_id"],
+        arrays=arrays,
+        dtypes=json.loads(metadata["dtypes"]),
+        prefill_chunks=tuple(json.loads(metadata["prefill_chunks"])),
+        provenance={
+            k.removeprefix("provenance."): v
+            for k, v in metadata.items()
+            if k.startswith("provenance.")
+        },
+        layer_tree=metadata.get("layer_tree", ""),
     )

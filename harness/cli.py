@@ -26,7 +26,7 @@ STATUS_STYLE = {
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .report import write_reports
-    from .runner import run_cases
+    from .runner import RunOptions, run_cases
 
     out, err = Console(), Console(stderr=True)
     cases, errors = load_cases(args.cases or [DEFAULT_CASES])
@@ -38,7 +38,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             else:
                 status.update(f"{event}: {message}")
 
-        result = run_cases(cases, errors, observe)
+        options = RunOptions(
+            layer_probes=not args.no_layer_probes,
+            keep_tensors=args.report_dir / "captures" if args.keep_tensors else None,
+        )
+        result = run_cases(cases, errors, observe, options)
     outputs = write_reports(result, args.report_dir, args.junit)
 
     table = Table(title=f"mlx-parity: {len(result.verdicts)} case(s)")
@@ -112,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
     run.add_argument(
         "--junit", type=Path, default=None, help="JUnit XML path (default: in report dir)"
+    )
+    run.add_argument(
+        "--keep-tensors",
+        action="store_true",
+        help="also write every capture's full tensors to REPORT_DIR/captures/ (safetensors)",
+    )
+    run.add_argument(
+        "--no-layer-probes",
+        action="store_true",
+        help="skip per-decoder-layer probes (capture embeddings, ids and logits only)",
     )
     run.set_defaults(handler=_cmd_run)
 

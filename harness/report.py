@@ -12,6 +12,7 @@ from xml.etree import ElementTree as ET
 
 import pandas as pd
 
+from . import plots
 from .records import Verdict
 from .runner import RunResult
 
@@ -124,7 +125,27 @@ def markdown(run: RunResult) -> str:
             f"| {v.case_id} | {v.status.value} | {v.first_divergence or ''} | "
             f"{worst_text} | {note} |"
         )
+    lines += _divergence_section(run)
     return "\n".join(lines) + "\n"
+
+
+def _divergence_section(run: RunResult) -> list[str]:
+    """For each case with a divergence: the first stage and the checks that failed there."""
+    diverged = [v for v in run.verdicts if v.first_divergence]
+    if not diverged:
+        return []
+    lines = ["", "### Where parity breaks", ""]
+    for v in diverged:
+        first = [c for c in v.checks if c.stage == v.first_divergence and not c.passed]
+        lines.append(
+            f"- **{v.case_id}** ({v.status.value}): first divergence at `{v.first_divergence}`"
+        )
+        lines += [
+            f"  - {c.check} `{c.metric}` = {_fmt(c.value)} (threshold "
+            f"{_fmt(c.threshold)}){': ' + c.detail if c.detail else ''}"
+            for c in first
+        ]
+    return lines
 
 
 def junit_xml(run: RunResult) -> str:
@@ -175,8 +196,19 @@ def write_reports(run: RunResult, out_dir: Path, junit: Path | None = None) -> d
         "csv": out_dir / "parity.csv",
         "markdown": out_dir / "parity.md",
         "junit": junit or out_dir / "parity.junit.xml",
+        "image_tokens": out_dir / "image_tokens.parquet",
     }
+    tokens = plots.image_token_table(run.verdicts)
     _atomic_write(outputs["parquet"], lambda p: frame.to_parquet(p, index=False))
+    _atomic_write(outputs["image_tokens"], lambda p: tokens.to_parquet(p, index=False))
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    for stale in figures.glob("*.png"):
+        stale.unlink()
+    if plots.plot_layers(frame, figures / "layers.png"):
+        outputs["layers_figure"] = figures / "layers.png"
+    for v in run.verdicts:
+        plots.plot_image_tokens(v, figures / f"image_tokens.{v.case_id}.png")
     _atomic_write(outputs["csv"], lambda p: frame.to_csv(p, index=False))
     _atomic_write(outputs["markdown"], lambda p: p.write_text(markdown(run)))
     _atomic_write(outputs["junit"], lambda p: p.write_text(junit_xml(run)))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import provenance
+from .capture import save_capture
 from .cases import CaseError, CaseSpec, load_cases
 from .compare import verdict as compute_verdict
 from .models import ModelUnavailable, resolve_model
@@ -32,6 +33,13 @@ class RunResult:
         if self.config_errors:
             return 2
         return 1 if any(v.status in (Status.FAIL, Status.ERROR) for v in self.verdicts) else 0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    layer_probes: bool = True
+    # Write every capture's full tensors here (safetensors); None keeps only statistics.
+    keep_tensors: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,9 @@ def _error_verdict(case: CaseSpec, status: Status, reason: str, config: bool = F
     )
 
 
-def _session_keys(case: CaseSpec, model_type: str) -> list[tuple[_SessionKey, str]]:
+def _session_keys(
+    case: CaseSpec, model_type: str, options: RunOptions
+) -> list[tuple[_SessionKey, str]]:
     """The (session, role) pairs a case needs; raises PathError for unknown names."""
     from .addons import resolve_addon
 
@@ -90,7 +100,7 @@ def _release() -> None:
 
 
 def _plan(
-    group: list[CaseSpec], model_dir: Path, done: dict[str, Verdict]
+    group: list[CaseSpec], model_dir: Path, done: dict[str, Verdict], options: RunOptions
 ) -> dict[_SessionKey, list[tuple[CaseSpec, str]]]:
     from .paths.loading import model_type_of
 
@@ -98,7 +108,7 @@ def _plan(
     plan: dict[_SessionKey, list[tuple[CaseSpec, str]]] = {}
     for case in group:
         try:
-            keys = _session_keys(case, model_type)
+            keys = _session_keys(case, model_type, options)
         except PathError as exc:
             done[case.id] = _error_verdict(case, Status.ERROR, f"{case.source}: {exc}", True)
             continue
@@ -108,7 +118,10 @@ def _plan(
 
 
 def _capture_all(
-    plan: dict[_SessionKey, list[tuple[CaseSpec, str]]], model_dir: Path, observe: Observer
+    plan: dict[_SessionKey, list[tuple[CaseSpec, str]]],
+    model_dir: Path,
+    observe: Observer,
+    options: RunOptions,
 ) -> tuple[dict[tuple[str, str], Capture], dict[str, str]]:
     captures: dict[tuple[str, str], Capture] = {}
     failures: dict[str, str] = {}
@@ -126,7 +139,11 @@ def _capture_all(
                     continue
                 observe("capture", f"{case.id} [{key.path}]")
                 try:
-                    captures[(case.id, role)] = session.capture(case)
+                    captures[(case.id, role)] = capture = session.capture(case)
+                    if options.keep_tensors is not None:
+                        save_capture(
+                            capture, options.keep_tensors / case.id / f"{role}.safetensors"
+                        )
                 except Exception as exc:
                     failures[case.id] = f"{role} path {key.path}: {one_line(exc)}"
         finally:
@@ -136,11 +153,11 @@ def _capture_all(
     return captures, failures
 
 
-def _run_group(group: list[CaseSpec], observe: Observer) -> list[Verdict]:
+def _run_group(group: list[CaseSpec], observe: Observer, options: RunOptions) -> list[Verdict]:
     done: dict[str, Verdict] = {}
     try:
         model_dir = resolve_model(group[0])
-        plan = _plan(group, model_dir, done)
+        plan = _plan(group, model_dir, done, options)
     except ModelUnavailable as exc:
         return [_error_verdict(c, Status.SKIP, one_line(exc)) for c in group]
     except (CaseError, PathError) as exc:
@@ -150,7 +167,7 @@ def _run_group(group: list[CaseSpec], observe: Observer) -> list[Verdict]:
 
     from .paths.loading import image_token_id_of
 
-    captures, failures = _capture_all(plan, model_dir, observe)
+    captures, failures = _capture_all(plan, model_dir, observe, options)
     image_token_id = image_token_id_of(model_dir)
     for case in group:
         if case.id in done:
@@ -171,6 +188,7 @@ def run_cases(
     cases: Iterable[CaseSpec],
     load_errors: Iterable[CaseError] = (),
     observe: Observer = lambda event, message: None,
+    options: RunOptions = RunOptions(),
 ) -> RunResult:
     started = _now()
     errors = list(load_errors)
@@ -188,13 +206,17 @@ def run_cases(
     for case in cases:
         groups.setdefault(case.model_key(), []).append(case)
     for group in groups.values():
-        for v in _run_group(group, observe):
+        for v in _run_group(group, observe, options):
             observe("verdict", f"{v.case_id}: {v.status.value}")
             verdicts.append(v)
     config_errors = sum(v.config_error for v in verdicts)
     return RunResult(tuple(verdicts), started, _now(), run_provenance(), config_errors)
 
 
-def run(targets: Iterable[Path], observe: Observer = lambda event, message: None) -> RunResult:
+def run(
+    targets: Iterable[Path],
+    observe: Observer = lambda event, message: None,
+    options: RunOptions = RunOptions(),
+) -> RunResult:
     cases, errors = load_cases(targets)
-    return run_cases(cases, errors, observe)
+    return run_cases(cases, errors, observe, options)

@@ -89,3 +89,28 @@ class CausalVision(AddOn):
     def __init__(self, model_path):
         super().__init__(model_path)
         self.bidirectional = False
+
+
+class _NudgedLayer:
+    """Adds a tiny offset to what enters one decoder layer, nothing else."""
+
+    def __init__(self, layer, amount):
+        self._layer, self._amount = layer, amount
+
+    def __call__(self, x, *args, **kwargs):
+        return self._layer(x + self._amount, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._layer, name)
+
+
+class NudgeLayerTwoInput(AddOn):
+    """Perturbs only decoder layer 2's input in the unified path (a wiring slip deep in
+    the stack): everything before layer 2 matches, the verdict must name layer 2."""
+
+    LAYER = 2
+
+    def patch_text_model(self, text_model):
+        super().patch_text_model(text_model)
+        layers = text_model.layers
+        layers[self.LAYER] = _NudgedLayer(layers[self.LAYER], 1e-2)

@@ -84,3 +84,80 @@ def test_capture_records_the_prompt_only(image_case):
     assert sum(capture.prefill_chunks) == n and capture.prefill_chunks[-1] == 1
     assert capture.dtypes["embeddings"] == "bfloat16"
     assert capture.arrays["logits"].shape == (512,)
+
+
+def test_probes_do_not_change_results(image_case):
+    """Logits with every layer probed == logits with probes off == a bare generate_step."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    from harness.capture import FirstLogits
+
+    logits = {}
+    for probed in (True, False):
+        options = SessionOptions(addon="gemma4", layer_probes=probed)
+        session = UnifiedSession(resolve_model(image_case), options)
+        try:
+            capture = session.capture(image_case)
+            if not probed:
+                assert not [k for k in capture.arrays if k.startswith("layer_")]
+                prompt = mx.array(session.prompt_tokens(image_case))
+                ids, embeddings = session.embeddings(image_case, prompt)
+                bare = FirstLogits()
+                steps = generate_step(
+                    ids,
+                    session.model,
+                    max_tokens=1,
+                    input_embeddings=embeddings,
+                    logits_processors=[bare],
+                )
+                next(steps)
+                steps.close()
+                logits["bare"] = np.array(bare.logits.astype(mx.float32)).ravel()
+        finally:
+            session.close()
+        logits[probed] = capture.arrays["logits"]
+    np.testing.assert_array_equal(logits[True], logits[False])
+    np.testing.assert_array_equal(logits[True], logits["bare"])
+
+
+def test_unmatched_layer_trees_are_named_and_the_rest_still_compares(image_case):
+    from harness.compare import compare
+    from harness.records import Capture
+
+    def capture(path, n_layers, tree):
+        arrays = {
+            "input_ids": np.arange(4),
+            "embeddings": np.ones((4, 8), np.float32),
+            "logits": np.linspace(0, 1, 16, dtype=np.float32),
+        }
+        arrays |= {f"layer_outputs.{i}": np.ones((4, 8), np.float32) for i in range(n_layers)}
+        return Capture(path, "c", arrays, {}, (4,), layer_tree=tree)
+
+    results = compare(
+        image_case,
+        capture("mlx-vlm", 4, "vlm.Layer x 4 (model.layers)"),
+        capture("unified", 3, "lm.Layer x 3 (model.layers)"),
+    )
+    (mismatch,) = [r for r in results if r.stage == "layers"]
+    assert not mismatch.passed and not mismatch.gating
+    assert "vlm.Layer x 4" in mismatch.detail and "lm.Layer x 3" in mismatch.detail
+    assert {r.stage for r in results} >= {"input_ids", "embeddings", "logits"}
+    assert all(r.passed for r in results if r.stage != "layers")
+
+
+def test_kept_tensors_round_trip(tmp_path, image_case):
+    from harness.capture import load_capture, save_capture
+
+    session = NativeSession(resolve_model(image_case), SessionOptions())
+    try:
+        capture = session.capture(image_case)
+    finally:
+        session.close()
+    save_capture(capture, tmp_path / "c.safetensors")
+    loaded = load_capture(tmp_path / "c.safetensors")
+    assert loaded.arrays.keys() == capture.arrays.keys()
+    for key in capture.arrays:
+        np.testing.assert_array_equal(loaded.arrays[key], capture.arrays[key])
+    assert loaded.dtypes == capture.dtypes and loaded.prefill_chunks == capture.prefill_chunks
+    assert loaded.provenance == capture.provenance

@@ -4,6 +4,7 @@ the stage where the mistake enters. A correct add-on of another design is the co
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from conftest import CASES
 
@@ -22,7 +23,13 @@ MUTANTS = [
     ("gemma4_split_prefill", "PerLayerInputsNotSliced", "per_layer_inputs"),
     # Attention is the first thing the mask changes: decoder layer 0's output.
     ("gemma4_bidirectional", "CausalVision", "layer.0"),
+    # A perturbation that enters at one decoder layer is named at that layer.
+    ("gemma4_one_image", "NudgeLayerTwoInput", "layer.2"),
+    ("gemma4_text", "NudgeLayerTwoInput", "layer.2"),
 ]
+# Small enough to stay inside the engine's top-5 tolerance: the image profile passes the
+# case, and its diagnostic layer probes still name where the drift entered.
+WITHIN_IMAGE_TOLERANCE = {("gemma4_one_image", "NudgeLayerTwoInput")}
 PROFILES = ["exact", "image"]
 
 
@@ -56,7 +63,8 @@ def _verdict(run, case_id):
 @pytest.mark.parametrize(("case_file", "mutant", "stage"), MUTANTS)
 def test_mutant_fails_at_its_stage(mutant_run, case_file, mutant, stage, profile):
     v = _verdict(mutant_run, f"{case_file}--{mutant}--{profile}")
-    assert v.status is Status.FAIL, v.reason
+    tolerated = profile == "image" and (case_file, mutant) in WITHIN_IMAGE_TOLERANCE
+    assert v.status is (Status.PASS if tolerated else Status.FAIL), v.reason
     assert v.first_divergence == stage
     # Every stage before the culprit still matches: the verdict localises the mistake.
     failing = {c.stage for c in v.checks if not c.passed}
@@ -90,3 +98,27 @@ def test_engine_style_round_trip_is_caught_when_embed_scale_is_not(mutant_run):
     assert v.status is Status.FAIL and v.first_divergence == "embeddings"
     (emb,) = [c for c in v.checks if c.stage == "embeddings"]
     assert 0 < emb.value < 0.05
+
+
+def test_report_explains_where_parity_breaks(mutant_run, tmp_path):
+    from PIL import Image
+
+    from harness.report import markdown, write_reports
+
+    text = markdown(mutant_run)
+    assert "### Where parity breaks" in text
+    assert (
+        "**gemma4_one_image--NudgeLayerTwoInput--exact** (fail): first divergence at "
+        "`layer.2`" in text
+    )
+    outputs = write_reports(mutant_run, tmp_path)
+    with Image.open(outputs["layers_figure"]) as figure:
+        assert figure.size[0] > 500
+    heatmap = tmp_path / "figures" / "image_tokens.gemma4_one_image--FeaturesNotDivided--exact.png"
+    assert heatmap.exists()
+    tokens = pd.read_parquet(outputs["image_tokens"])
+    grid = tokens[tokens.case_id == "gemma4_one_image--FeaturesNotDivided--exact"]
+    assert (grid.row.max() + 1, grid.col.max() + 1) == (7, 9)  # 63 tokens of a 4:3 image
+    assert (grid.error > 0).all()  # every image token carries the unscaled features
+    nudge = tokens[tokens.case_id == "gemma4_one_image--NudgeLayerTwoInput--exact"]
+    assert (nudge.error == 0).all()  # the embeddings themselves were right

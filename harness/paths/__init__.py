@@ -33,6 +33,9 @@ class PathError(Exception):
 class SessionOptions:
     addon: str | None = None
     trust_remote_code: bool = False
+    # Record every decoder layer's output (issue: where does parity break); off leaves
+    # only the embeddings entering layer 0.
+    layer_probes: bool = True
 
 
 class Session(Protocol):

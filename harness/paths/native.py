@@ -25,6 +25,7 @@ class NativeSession:
             mlx_vlm.load, str(model_dir), trust_remote_code=options.trust_remote_code
         )
         self.provenance = session_provenance(self.name, model_dir)
+        self.layer_probes = options.layer_probes
 
     def render_prompt(self, case: CaseSpec) -> str:
         return self.processor.apply_chat_template(
@@ -52,7 +53,7 @@ class NativeSession:
         pixel_values = inputs.pop("pixel_values", None)
         mask = inputs.pop("attention_mask", None)
         first_logits = FirstLogits()
-        with probes.install(self.model, self.model_type) as recording:
+        with probes.install(self.model, self.model_type, self.layer_probes) as recording:
             steps = generate_step(
                 input_ids,
                 self.model,

@@ -28,6 +28,7 @@ class PlainTextSession:
         if callable(patch):
             patch(self.model)
         self.provenance = session_provenance(self.name, model_dir)
+        self.layer_probes = options.layer_probes
 
     def _make_addon(self, model_dir: Path, options: SessionOptions) -> Any:
         return None
@@ -66,7 +67,7 @@ class PlainTextSession:
             clear(self.model)
         input_ids, embeddings = self.embeddings(case, mx.array(self.prompt_tokens(case)))
         first_logits = FirstLogits()
-        with probes.install(self.model, self.model_type) as recording:
+        with probes.install(self.model, self.model_type, self.layer_probes) as recording:
             steps = generate_step(
                 input_ids,
                 self.model,

@@ -35,14 +35,17 @@ class _LayerTap:
     each layer receives where the architecture has one. Records only: never changes the
     arrays passed through."""
 
-    def __init__(self, layer: Any, index: int, recording: Recording) -> None:
+    def __init__(self, layer: Any, index: int, recording: Recording, outputs: bool) -> None:
         self._layer = layer
         self._index = index
         self._recording = recording
+        self._outputs = outputs
 
     def __call__(self, x: mx.array, *args: Any, **kwargs: Any) -> Any:
         if self._index == 0:
             self._recording.add("embeddings", x)
+        if not self._outputs:
+            return self._layer(x, *args, **kwargs)
         per_layer_input = kwargs.get("per_layer_input")
         if per_layer_input is not None:
             self._recording.add(f"{LAYER_PLI}.{self._index}", per_layer_input)
@@ -66,11 +69,12 @@ def layer_tree(model: Any) -> str:
 
 
 @contextlib.contextmanager
-def tap_layers(model: Any, recording: Recording) -> Iterator[None]:
+def tap_layers(model: Any, recording: Recording, outputs: bool = True) -> Iterator[None]:
+    """Tap layer 0's input always; every layer's output and per-layer input if `outputs`."""
     layers = model.layers
     originals = list(layers)
-    for index, layer in enumerate(originals):
-        layers[index] = _LayerTap(layer, index, recording)
+    for index, layer in enumerate(originals if outputs else originals[:1]):
+        layers[index] = _LayerTap(layer, index, recording, outputs)
     try:
         yield
     finally:
@@ -106,10 +110,10 @@ def architecture_taps(model_type: str) -> Callable[[Any, Recording], Any] | None
 
 
 @contextlib.contextmanager
-def install(model: Any, model_type: str) -> Iterator[Recording]:
+def install(model: Any, model_type: str, layer_outputs: bool = True) -> Iterator[Recording]:
     recording = Recording()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(tap_layers(model, recording))
+        stack.enter_context(tap_layers(model, recording, layer_outputs))
         extra = architecture_taps(model_type)
         if extra is not None:
             stack.enter_context(extra(model, recording))

@@ -1,0 +1,60 @@
+"""Near-tie-aware top-k, end to end: a 1-ulp swap of a near-tied pair is reported as a
+near-tie and passes; the same swap of a clearly separated pair fails."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CASES
+
+from harness.cases import PathPair, load_case
+from harness.records import Status
+from harness.runner import run_cases
+
+
+@pytest.fixture(scope="module")
+def verdicts():
+    base = load_case(CASES / "gemma4_one_image.yaml")
+    cases = [
+        base.model_copy(
+            update={
+                "id": "near-tie",
+                "profile": "image",
+                "paths": PathPair(
+                    reference="logit_paths:NearTieReference", candidate="logit_paths:NearTieSwapped"
+                ),
+            }
+        ),
+        base.model_copy(
+            update={
+                "id": "separated",
+                "profile": "image",
+                "paths": PathPair(reference="mlx-vlm", candidate="logit_paths:SeparatedSwapped"),
+            }
+        ),
+    ]
+    return {v.case_id: v for v in run_cases(cases).verdicts}
+
+
+def _logit_checks(verdict):
+    return {c.metric: c for c in verdict.checks if c.stage == "logits"}
+
+
+def test_one_ulp_swap_of_a_near_tied_pair_is_a_passing_near_tie(verdicts):
+    v = verdicts["near-tie"]
+    assert v.status is Status.PASS, v.reason
+    checks = _logit_checks(v)
+    assert checks["top5_ids_order_mismatch"].value == 0
+    assert checks["top5_near_tie_swaps"].value == 2  # both positions of the swapped pair
+    assert "near-tie:" in checks["top5_near_tie_swaps"].detail
+    # Distribution diagnostics still see the (tiny) difference.
+    assert checks["top1_disagreement"].value == 1 and not checks["top1_disagreement"].gating
+    assert v.first_divergence == "logits"
+
+
+def test_the_same_swap_of_a_separated_pair_fails(verdicts):
+    v = verdicts["separated"]
+    assert v.status is Status.FAIL
+    checks = _logit_checks(v)
+    assert checks["top5_ids_order_mismatch"].value >= 2
+    assert checks["top5_near_tie_swaps"].value == 0
+    assert v.first_divergence == "logits"
