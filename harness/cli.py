@@ -1,9 +1,11 @@
 """`mlx-parity` command line: run, list, synth. Exit 0 all pass, 1 a check failed or a case
-errored at run time, 2 bad usage or a bad case file."""
+errored at run time, 2 bad usage or a bad case file, 130 interrupted (the report then holds
+the cases that finished, marked incomplete)."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +26,15 @@ STATUS_STYLE = {
 }
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a CI job cancelled) stops the run like Ctrl-C: finished cases are reported."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .report import write_reports
     from .runner import RunOptions, run_cases
@@ -41,7 +52,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         options = RunOptions(
             layer_probes=not args.no_layer_probes,
             keep_tensors=args.report_dir / "captures" if args.keep_tensors else None,
+            isolation=args.isolation,
+            timeout=args.timeout,
         )
+        _interrupt_on_sigterm()
         result = run_cases(cases, errors, observe, options)
     outputs = write_reports(result, args.report_dir, args.junit)
 
@@ -126,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-layer-probes",
         action="store_true",
         help="skip per-decoder-layer probes (capture embeddings, ids and logits only)",
+    )
+    run.add_argument(
+        "--isolation",
+        choices=["process", "none"],
+        default="process",
+        help="run path sessions in worker processes (default) so a crash fails one case",
+    )
+    run.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds per case capture or model load"
     )
     run.set_defaults(handler=_cmd_run)
 

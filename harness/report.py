@@ -46,6 +46,7 @@ def _rows(verdict: Verdict, run: RunResult) -> list[dict[str, object]]:
         "reference": verdict.reference,
         "candidate": verdict.candidate,
         **{f"run_{k}": v for k, v in run.provenance.items()},
+        "run_complete": run.complete,
         **dict(verdict.provenance),
         "run_started": run.started,
     }
@@ -107,7 +108,7 @@ def markdown(run: RunResult) -> str:
     lines = [
         "## mlx-parity",
         "",
-        f"**{'PASS' if run.exit_code == 0 else 'FAIL'}**: {summary}  ",
+        f"**{_headline(run)}**: {summary}  ",
         f"{versions} · commit {run.provenance.get('commit')}",
         "",
         "| case | status | first divergence | worst check (value / threshold) | note |",
@@ -127,6 +128,12 @@ def markdown(run: RunResult) -> str:
         )
     lines += _divergence_section(run)
     return "\n".join(lines) + "\n"
+
+
+def _headline(run: RunResult) -> str:
+    if not run.complete:
+        return "INCOMPLETE (interrupted; only finished cases are listed)"
+    return "PASS" if run.exit_code == 0 else "FAIL"
 
 
 def _divergence_section(run: RunResult) -> list[str]:

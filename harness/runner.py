@@ -4,18 +4,18 @@ memory at a time), pair captures and compute verdicts. Never formats anything.""
 from __future__ import annotations
 
 import datetime as dt
-import gc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from . import provenance
-from .capture import save_capture
 from .cases import CaseError, CaseSpec, load_cases
 from .compare import verdict as compute_verdict
+from .execute import Plan, SessionKey, one_line, run_in_process, run_in_workers
 from .models import ModelUnavailable, resolve_model
 from .paths import PathError, SessionOptions, resolve_session_class
-from .records import Capture, Status, Verdict
+from .records import Status, Verdict
 
 Observer = Callable[[str, str], None]  # (event, message) for progress displays
 
@@ -27,9 +27,13 @@ class RunResult:
     finished: str
     provenance: dict[str, str] = field(default_factory=dict)
     config_errors: int = 0
+    # False when the run was interrupted: the verdicts are those of the cases that finished.
+    complete: bool = True
 
     @property
     def exit_code(self) -> int:
+        if not self.complete:
+            return 130
         if self.config_errors:
             return 2
         return 1 if any(v.status in (Status.FAIL, Status.ERROR) for v in self.verdicts) else 0
@@ -40,20 +44,10 @@ class RunOptions:
     layer_probes: bool = True
     # Write every capture's full tensors here (safetensors); None keeps only statistics.
     keep_tensors: Path | None = None
-
-
-@dataclass(frozen=True)
-class _SessionKey:
-    path: str
-    options: SessionOptions
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    message = text[0] if text else ""
-    if isinstance(exc, CaseError | ModelUnavailable):
-        return message
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    # "process": path sessions run in worker processes, so a crash or a hang fails only
+    # the case in flight; "none": in this process (faster start, no crash isolation).
+    isolation: Literal["process", "none"] = "process"
+    timeout: float = 600.0  # seconds per case capture (and per model load) in a worker
 
 
 def _now() -> str:
@@ -76,7 +70,7 @@ def _error_verdict(case: CaseSpec, status: Status, reason: str, config: bool = F
 
 def _session_keys(
     case: CaseSpec, model_type: str, options: RunOptions
-) -> list[tuple[_SessionKey, str]]:
+) -> list[tuple[SessionKey, str]]:
     """The (session, role) pairs a case needs; raises PathError for unknown names."""
     from .addons import resolve_addon
 
@@ -88,24 +82,19 @@ def _session_keys(
         options = SessionOptions(
             addon=case.addon if takes_addon else None, trust_remote_code=case.trust_remote_code
         )
-        keys.append((_SessionKey(path, options), role))
+        keys.append((SessionKey(path, options), role))
     return keys
-
-
-def _release() -> None:
-    import mlx.core as mx
-
-    gc.collect()
-    mx.clear_cache()
 
 
 def _plan(
     group: list[CaseSpec], model_dir: Path, done: dict[str, Verdict], options: RunOptions
-) -> dict[_SessionKey, list[tuple[CaseSpec, str]]]:
+) -> Plan:
+    """Sessions for the group's cases. Sessions without an add-on come first: an engine
+    add-on may patch library classes when imported, which must not reach them."""
     from .paths.loading import model_type_of
 
     model_type = model_type_of(model_dir)
-    plan: dict[_SessionKey, list[tuple[CaseSpec, str]]] = {}
+    plan: dict[SessionKey, list[tuple[CaseSpec, str]]] = {}
     for case in group:
         try:
             keys = _session_keys(case, model_type, options)
@@ -114,43 +103,7 @@ def _plan(
             continue
         for key, role in keys:
             plan.setdefault(key, []).append((case, role))
-    return plan
-
-
-def _capture_all(
-    plan: dict[_SessionKey, list[tuple[CaseSpec, str]]],
-    model_dir: Path,
-    observe: Observer,
-    options: RunOptions,
-) -> tuple[dict[tuple[str, str], Capture], dict[str, str]]:
-    captures: dict[tuple[str, str], Capture] = {}
-    failures: dict[str, str] = {}
-    for key, members in plan.items():
-        observe("load", f"{key.path} <- {model_dir.name}")
-        try:
-            session = resolve_session_class(key.path)(model_dir, key.options)
-        except Exception as exc:
-            for case, _ in members:
-                failures.setdefault(case.id, f"path {key.path} failed to load: {one_line(exc)}")
-            continue
-        try:
-            for case, role in members:
-                if case.id in failures:
-                    continue
-                observe("capture", f"{case.id} [{key.path}]")
-                try:
-                    captures[(case.id, role)] = capture = session.capture(case)
-                    if options.keep_tensors is not None:
-                        save_capture(
-                            capture, options.keep_tensors / case.id / f"{role}.safetensors"
-                        )
-                except Exception as exc:
-                    failures[case.id] = f"{role} path {key.path}: {one_line(exc)}"
-        finally:
-            session.close()
-            del session
-            _release()
-    return captures, failures
+    return sorted(plan.items(), key=lambda item: item[0].options.addon is not None)
 
 
 def _run_group(group: list[CaseSpec], observe: Observer, options: RunOptions) -> list[Verdict]:
@@ -167,7 +120,11 @@ def _run_group(group: list[CaseSpec], observe: Observer, options: RunOptions) ->
 
     from .paths.loading import image_token_id_of
 
-    captures, failures = _capture_all(plan, model_dir, observe, options)
+    if options.isolation == "process":
+        outcome = run_in_workers(plan, model_dir, options.keep_tensors, observe, options.timeout)
+    else:
+        outcome = run_in_process(plan, model_dir, options.keep_tensors, observe)
+    captures, failures = outcome.captures, outcome.failures
     image_token_id = image_token_id_of(model_dir)
     for case in group:
         if case.id in done:
@@ -190,8 +147,9 @@ def run_cases(
     observe: Observer = lambda event, message: None,
     options: RunOptions = RunOptions(),
 ) -> RunResult:
+    """Run every case; on KeyboardInterrupt (SIGINT, or SIGTERM turned into it by the CLI)
+    stop and return the verdicts so far, marked incomplete."""
     started = _now()
-    errors = list(load_errors)
     verdicts = [
         Verdict(
             case_id=e.case_id,
@@ -200,17 +158,22 @@ def run_cases(
             reason=str(e),
             config_error=True,
         )
-        for e in errors
+        for e in load_errors
     ]
     groups: dict[str, list[CaseSpec]] = {}
     for case in cases:
         groups.setdefault(case.model_key(), []).append(case)
-    for group in groups.values():
-        for v in _run_group(group, observe, options):
-            observe("verdict", f"{v.case_id}: {v.status.value}")
-            verdicts.append(v)
+    complete = True
+    try:
+        for group in groups.values():
+            for v in _run_group(group, observe, options):
+                observe("verdict", f"{v.case_id}: {v.status.value}")
+                verdicts.append(v)
+    except KeyboardInterrupt:
+        complete = False
+        observe("interrupted", f"{len(verdicts)} verdict(s) kept")
     config_errors = sum(v.config_error for v in verdicts)
-    return RunResult(tuple(verdicts), started, _now(), run_provenance(), config_errors)
+    return RunResult(tuple(verdicts), started, _now(), run_provenance(), config_errors, complete)
 
 
 def run(

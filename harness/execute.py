@@ -1,0 +1,224 @@
+"""Execute a model group's capture plan: path sessions one after another, each loading its
+model once for all its cases. In-process, or in worker processes so that a crash (segfault,
+MLX abort, out of memory) or a hang becomes a failed case and the other cases still run.
+
+One executor (`execute_plan`) reports events through a callback; the process runner feeds
+those events over a pipe, the in-process runner applies them directly.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .capture import save_capture
+from .cases import CaseSpec
+from .paths import SessionOptions, resolve_session_class
+from .records import Capture
+
+Plan = list[tuple["SessionKey", list[tuple[CaseSpec, str]]]]
+Emit = Callable[..., None]
+Observer = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    path: str
+    options: SessionOptions
+
+
+@dataclass
+class Outcome:
+    captures: dict[tuple[str, str], Capture] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def apply(self, event: str, *args: Any) -> None:
+        if event == "capture":
+            case_id, role, capture = args
+            self.captures[(case_id, role)] = capture
+        elif event == "failed":
+            case_id, message = args
+            self.failures.setdefault(case_id, message)
+
+    def remaining(self, plan: Plan) -> Plan:
+        """The part of `plan` with neither a capture nor a failure yet."""
+        left = []
+        for key, members in plan:
+            todo = [
+                (c, r)
+                for c, r in members
+                if c.id not in self.failures and (c.id, r) not in self.captures
+            ]
+            if todo:
+                left.append((key, todo))
+        return left
+
+
+def one_line(exc: BaseException) -> str:
+    from .cases import CaseError
+
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else ""
+    if isinstance(exc, CaseError) or type(exc).__name__ == "ModelUnavailable":
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _release() -> None:
+    import mlx.core as mx
+
+    gc.collect()
+    mx.clear_cache()
+
+
+def execute_plan(plan: Plan, model_dir: Path, keep_tensors: Path | None, emit: Emit) -> None:
+    failed: set[str] = set()
+    for index, (key, members) in enumerate(plan):
+        emit("load", key.path, index)
+        try:
+            session = resolve_session_class(key.path)(model_dir, key.options)
+        except Exception as exc:
+            for case, _ in members:
+                failed.add(case.id)
+                emit("failed", case.id, f"path {key.path} failed to load: {one_line(exc)}")
+            continue
+        try:
+            for case, role in members:
+                if case.id in failed:
+                    continue
+                emit("start", case.id, role, key.path)
+                try:
+                    capture = session.capture(case)
+                    if keep_tensors is not None:
+                        save_capture(capture, keep_tensors / case.id / f"{role}.safetensors")
+                    emit("capture", case.id, role, capture)
+                except Exception as exc:
+                    failed.add(case.id)
+                    emit("failed", case.id, f"{role} path {key.path}: {one_line(exc)}")
+        finally:
+            session.close()
+            del session
+            _release()
+    emit("done")
+
+
+def _observe_event(observe: Observer, model_dir: Path, event: str, *args: Any) -> None:
+    if event == "load":
+        observe("load", f"{args[0]} <- {model_dir.name}")
+    elif event == "start":
+        observe("capture", f"{args[0]} [{args[2]}]")
+
+
+def run_in_process(
+    plan: Plan, model_dir: Path, keep_tensors: Path | None, observe: Observer
+) -> Outcome:
+    outcome = Outcome()
+
+    def emit(event: str, *args: Any) -> None:
+        _observe_event(observe, model_dir, event, *args)
+        outcome.apply(event, *args)
+
+    execute_plan(plan, model_dir, keep_tensors, emit)
+    return outcome
+
+
+def _worker_main(conn: Any, plan: Plan, model_dir: Path, keep_tensors: Path | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # mlx-vlm's prefill progress bar would otherwise create a process-shared semaphore
+    # that outlives the worker (a resource_tracker warning in the parent).
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+    execute_plan(plan, model_dir, keep_tensors, lambda *event: conn.send(event))
+    conn.close()
+
+
+def _death(process: Any) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def run_in_workers(
+    plan: Plan, model_dir: Path, keep_tensors: Path | None, observe: Observer, timeout: float
+) -> Outcome:
+    """Run `plan` in a spawned worker; when it dies or hangs, fail what it was doing and
+    start a fresh worker for the rest."""
+    context = multiprocessing.get_context("spawn")
+    outcome = Outcome()
+    remaining = plan
+    while remaining:
+        settled = len(outcome.captures) + len(outcome.failures)
+        parent, child = context.Pipe(duplex=False)
+        worker = context.Process(
+            target=_worker_main, args=(child, remaining, model_dir, keep_tensors), daemon=True
+        )
+        worker.start()
+        child.close()
+        try:
+            _follow(worker, parent, remaining, outcome, model_dir, observe, timeout)
+        finally:
+            if worker.is_alive():
+                worker.kill()
+            worker.join()
+            parent.close()
+        if len(outcome.captures) + len(outcome.failures) == settled:
+            # Died before finishing anything: do not respawn forever.
+            for _, members in remaining:
+                for case, _ in members:
+                    outcome.apply("failed", case.id, f"worker {_death(worker)} outside any case")
+        remaining = outcome.remaining(remaining)
+    return outcome
+
+
+def _follow(
+    worker: Any,
+    conn: Any,
+    plan: Plan,
+    outcome: Outcome,
+    model_dir: Path,
+    observe: Observer,
+    timeout: float,
+) -> None:
+    loading: list[str] = []  # cases of the session being loaded
+    current: tuple[str, str] | None = None  # (case id, what it was doing)
+    while True:
+        if not conn.poll(timeout):
+            worker.kill()
+            worker.join()
+            what = f"timed out after {timeout:g} s"
+            _fail_in_flight(outcome, current, loading, what)
+            return
+        try:
+            event, *args = conn.recv()
+        except EOFError:
+            worker.join()
+            _fail_in_flight(outcome, current, loading, f"worker {_death(worker)}")
+            return
+        _observe_event(observe, model_dir, event, *args)
+        if event == "done":
+            return
+        if event == "load":
+            loading, current = [c.id for c, _ in plan[args[1]][1]], None
+        elif event == "start":
+            loading, current = [], (args[0], f"{args[1]} path {args[2]}")
+        else:
+            outcome.apply(event, *args)
+            current = None
+
+
+def _fail_in_flight(
+    outcome: Outcome, current: tuple[str, str] | None, loading: list[str], what: str
+) -> None:
+    if current is not None:
+        case_id, doing = current
+        outcome.apply("failed", case_id, f"{doing}: {what}")
+    for case_id in loading:
+        outcome.apply("failed", case_id, f"loading its path: {what}")

@@ -1,0 +1,118 @@
+"""A crash, an abort, a hang or an interruption costs one case, never the run's results."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+from conftest import CASES, ROOT
+
+from harness.cases import load_case
+from harness.records import Status
+from harness.runner import RunOptions, run_cases
+
+BASE = load_case(CASES / "gemma4_one_image.yaml")
+TEXT = load_case(CASES / "gemma4_text.yaml")
+
+
+def _with(addon: str, case_id: str, base=BASE):
+    return base.model_copy(update={"id": case_id, "addon": addon})
+
+
+def _run(cases, **options):
+    return {v.case_id: v for v in run_cases(cases, options=RunOptions(**options)).verdicts}
+
+
+@pytest.mark.parametrize(
+    ("addon", "death"),
+    [
+        ("crashers:AbortsInCapture", "killed by SIGABRT"),
+        ("crashers:ExitsInCapture", "exited with code 7"),
+    ],
+)
+def test_a_case_that_kills_its_worker_fails_alone(addon, death):
+    verdicts = _run(
+        [_with("gemma4", "before"), _with(addon, "crasher"), _with("gemma4", "after"), TEXT]
+    )
+    assert verdicts["crasher"].status is Status.ERROR
+    assert verdicts["crasher"].reason == f"candidate path unified: worker {death}"
+    for case_id in ("before", "after", TEXT.id):
+        assert verdicts[case_id].status is Status.PASS, verdicts[case_id].reason
+
+
+def test_a_worker_dying_while_loading_fails_only_that_sessions_cases():
+    verdicts = _run([_with("crashers:ExitsWhileLoading", "doomed"), _with("gemma4", "fine")])
+    assert verdicts["doomed"].status is Status.ERROR
+    assert verdicts["doomed"].reason == "loading its path: worker exited with code 3"
+    assert verdicts["fine"].status is Status.PASS
+
+
+def test_a_hanging_case_times_out_and_the_rest_run():
+    verdicts = _run([_with("crashers:Hangs", "hangs"), _with("gemma4", "fine")], timeout=10)
+    assert verdicts["hangs"].status is Status.ERROR
+    assert verdicts["hangs"].reason == "candidate path unified: timed out after 10 s"
+    assert verdicts["fine"].status is Status.PASS
+
+
+def test_in_process_isolation_gives_the_same_verdicts_as_workers():
+    cases = [BASE, TEXT]
+    in_workers = _run(cases)
+    in_process = _run(cases, isolation="none")
+    assert {k: v.status for k, v in in_workers.items()} == {
+        k: v.status for k, v in in_process.items()
+    }
+    for case_id, v in in_workers.items():
+        assert [(c.stage, c.metric, c.value) for c in v.checks] == [
+            (c.stage, c.metric, c.value) for c in in_process[case_id].checks
+        ]
+
+
+def test_sigterm_leaves_a_report_of_finished_cases_marked_incomplete(tmp_path):
+    first = tmp_path / "first.yaml"
+    first.write_text(
+        textwrap.dedent(f"""
+        include: {CASES / "_gemma4_tiny.yaml"}
+        model: {{options: {{hidden_size: 48}}}}
+        messages: [{{role: user, content: "Hello, how are you today?"}}]
+    """)
+    )
+    cancelled = tmp_path / "cancelled.yaml"
+    cancelled.write_text(
+        textwrap.dedent(f"""
+        include: {CASES / "_gemma4_tiny.yaml"}
+        addon: 'crashers:SendsSigterm'
+        messages:
+          - role: user
+            content: [{{type: image, image: {CASES / "images" / "gradient_256.png"}}}]
+    """)
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            str(first),
+            str(cancelled),
+            "--isolation",
+            "none",
+            "--report-dir",
+            str(tmp_path / "r"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 130, result.stdout + result.stderr
+    frame = pd.read_parquet(tmp_path / "r" / "parity.parquet")
+    assert set(frame.case_id) == {"first"}
+    assert (frame.status == "pass").all() and not frame.run_complete.any()
+    assert "INCOMPLETE" in (tmp_path / "r" / "parity.md").read_text()
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".")]
