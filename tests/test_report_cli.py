@@ -61,6 +61,8 @@ def test_report_writes_leave_no_temporary_files(shipped_run, tmp_path):
     write_reports(shipped_run, tmp_path)
     write_reports(shipped_run, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "figures",
+        "image_tokens.parquet",
         "parity.csv",
         "parity.junit.xml",
         "parity.md",
