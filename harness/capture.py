@@ -99,34 +99,32 @@ def save_capture(capture: Capture, path: Path) -> None:
     from safetensors.numpy import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    # One JSON string: safetensors writes separate metadata keys in hash order, which would
+    # make identical captures differ byte-wise.
     metadata = {
         "path": capture.path,
         "case_id": capture.case_id,
-        "prefill_chunks": json.dumps(list(capture.prefill_chunks)),
-        "dtypes": json.dumps(dict(capture.dtypes)),
+        "prefill_chunks": list(capture.prefill_chunks),
+        "dtypes": dict(capture.dtypes),
         "layer_tree": capture.layer_tree,
-        **{f"provenance.{k}": v for k, v in capture.provenance.items()},
+        "provenance": dict(capture.provenance),
     }
     tensors = {k: np.ascontiguousarray(v) for k, v in capture.arrays.items()}
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(tensors, str(path), metadata={"mlx_parity": json.dumps(metadata, sort_keys=True)})
 
 
 def load_capture(path: Path) -> Capture:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as handle:
-        metadata = handle.metadata()
+        metadata = json.loads(handle.metadata()["mlx_parity"])
         arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     return Capture(
         path=metadata["path"],
         case_id=metadata["case_id"],
         arrays=arrays,
-        dtypes=json.loads(metadata["dtypes"]),
-        prefill_chunks=tuple(json.loads(metadata["prefill_chunks"])),
-        provenance={
-            k.removeprefix("provenance."): v
-            for k, v in metadata.items()
-            if k.startswith("provenance.")
-        },
-        layer_tree=metadata.get("layer_tree", ""),
+        dtypes=metadata["dtypes"],
+        prefill_chunks=tuple(metadata["prefill_chunks"]),
+        provenance=metadata["provenance"],
+        layer_tree=metadata["layer_tree"],
     )

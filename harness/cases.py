@@ -8,6 +8,7 @@ are not cases themselves when a directory is scanned. Errors name the file and t
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -20,6 +21,11 @@ from .profiles import PROFILES, Profile
 from .records import STAGE_ORDER
 
 
+def _one_line(text: str) -> str:
+    """Escape control characters (newlines included), keep everything else readable."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+
+
 class CaseError(Exception):
     """A case that cannot run; `str()` is one line naming file and field."""
 
@@ -28,9 +34,18 @@ class CaseError(Exception):
     ) -> None:
         self.source = str(source)
         self.case_id = case_id or Path(source).stem
+        # One line, always: field names and messages can come from arbitrary YAML keys.
+        field = _one_line(field) if field else field
+        message = _one_line(message)
         self.field = field
+        self.message = message
         where = f"{self.source}: {field}: " if field else f"{self.source}: "
         super().__init__(where + message)
+
+    def during(self, activity: str) -> str:
+        """One line naming file and field, with what was being done when it was found."""
+        where = f"{self.source}: {self.field}: " if self.field else f"{self.source}: "
+        return f"{where}{activity}: {self.message}"
 
 
 class _Strict(BaseModel):
@@ -144,6 +159,30 @@ class CaseSpec(_Strict):
             )
         return resolved
 
+    def check_images(self) -> None:
+        """Every image exists and decodes; errors name the exact field."""
+        from PIL import Image, UnidentifiedImageError
+
+        for i, message in enumerate(self.messages):
+            if isinstance(message.content, str):
+                continue
+            for j, item in enumerate(message.content):
+                if not isinstance(item, ImageItem):
+                    continue
+                field = f"messages.{i}.content.{j}.image"
+                path = self.resolve_image(item.image)
+                try:
+                    with Image.open(path) as image:
+                        image.verify()
+                except FileNotFoundError:
+                    raise CaseError(
+                        self.source, f"image {path} not found", self.id, field
+                    ) from None
+                except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+                    raise CaseError(
+                        self.source, f"{path} is not a readable image: {exc}", self.id, field
+                    ) from None
+
     def template_messages(self) -> list[dict[str, Any]]:
         """Messages as chat templates expect them (image items carry only their type)."""
         out = []
@@ -207,11 +246,16 @@ def _resolve_includes(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]
     data = _read_yaml(path)
     includes = data.pop("include", [])
     includes = [includes] if isinstance(includes, str) else includes
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
         raise CaseError(path, "must be a file name or a list of file names", field="include")
     merged: dict[str, Any] = {}
     for name in includes:
-        merged = _merge(merged, _resolve_includes(path.parent / name, (*seen, path.resolve())))
+        try:
+            included = _resolve_includes(path.parent / name, (*seen, path.resolve()))
+        except CaseError as exc:
+            # Name the file the user ran, and the include that failed.
+            raise CaseError(path, f"{name}: {exc.message}", field="include") from None
+        merged = _merge(merged, included)
     return _merge(merged, data)
 
 

@@ -8,6 +8,7 @@ Shape mismatches and non-finite values are caught once, in `_guarded`, for every
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -25,6 +26,12 @@ class Metric:
     required: float
     detail: str = ""
     gating: bool = True
+
+    def __post_init__(self) -> None:
+        # A NaN metric never passes, whatever the comparison said (NaN <= x is False, but
+        # `passed=True` diagnostics and hand-built metrics must obey the same rule).
+        if math.isnan(self.value):
+            object.__setattr__(self, "passed", False)
 
 
 Comparator = Callable[[np.ndarray, np.ndarray, str], list[Metric]]
@@ -223,8 +230,21 @@ def layer_stats(max_abs: float, max_nmse: float, max_cosine_distance: float) -> 
     def compare(reference: np.ndarray, test: np.ndarray, dtype: str) -> list[Metric]:
         import mlx.core as mx
 
-        ref = mx.array(reference.astype(np.float32)).reshape(-1)
-        tst = mx.array(test.astype(np.float32)).reshape(-1)
+        with np.errstate(over="ignore"):
+            ref32, test32 = reference.astype(np.float32), test.astype(np.float32)
+        if not (np.isfinite(ref32).all() and np.isfinite(test32).all()):
+            return [
+                Metric(
+                    "non_finite",
+                    float("inf"),
+                    0.0,
+                    False,
+                    float("nan"),
+                    "values beyond the float32 range of the statistics",
+                )
+            ]
+        ref = mx.array(ref32).reshape(-1)
+        tst = mx.array(test32).reshape(-1)
         diff = mx.abs(tst - ref)
         power = mx.mean(ref * ref)
         nmse = mx.where(power > 0, mx.mean(diff * diff) / power, mx.mean(diff * diff))

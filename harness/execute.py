@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .capture import save_capture
-from .cases import CaseSpec
+from .cases import CaseError, CaseSpec
 from .paths import SessionOptions, resolve_session_class
 from .records import Capture
 
@@ -61,8 +61,6 @@ class Outcome:
 
 
 def one_line(exc: BaseException) -> str:
-    from .cases import CaseError
-
     text = str(exc).strip().splitlines()
     message = text[0] if text else ""
     if isinstance(exc, CaseError) or type(exc).__name__ == "ModelUnavailable":
@@ -98,6 +96,9 @@ def execute_plan(plan: Plan, model_dir: Path, keep_tensors: Path | None, emit: E
                     if keep_tensors is not None:
                         save_capture(capture, keep_tensors / case.id / f"{role}.safetensors")
                     emit("capture", case.id, role, capture)
+                except CaseError as exc:
+                    failed.add(case.id)
+                    emit("failed", case.id, exc.during(f"{role} path {key.path}"))
                 except Exception as exc:
                     failed.add(case.id)
                     emit("failed", case.id, f"{role} path {key.path}: {one_line(exc)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -21,11 +23,64 @@ def resolve_model(case: CaseSpec) -> Path:
     if isinstance(spec, LocalModel):
         path = Path(spec.path).expanduser()
         path = path if path.is_absolute() else case.base_dir / path
-        if not path.is_dir():
+        if not path.exists():
             raise ModelUnavailable(f"local checkpoint {path} does not exist on this machine")
-        return path
-    assert isinstance(spec, HubModel)
-    return _from_hf_cache(spec)
+        field = "model.path"
+    else:
+        path, field = _from_hf_cache(spec), "model.hf"
+    try:
+        validate_checkpoint(path)
+    except CheckpointError as exc:
+        raise CaseError(case.source, str(exc), case.id, field) from None
+    return path
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def validate_checkpoint(path: Path) -> None:
+    """Cheap structural checks, so a broken checkpoint gets one clear line instead of a
+    traceback from deep inside a loader: config.json readable, every safetensors file
+    complete (header parses, tensor data as long as the header says)."""
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory")
+    config = path / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{path} has no config.json")
+    try:
+        parsed = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config} is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict) or "model_type" not in parsed:
+        raise CheckpointError(f"{config} has no model_type")
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        raise CheckpointError(f"{path} holds no *.safetensors weights")
+    for shard in shards:
+        _check_safetensors(shard)
+
+
+def _check_safetensors(shard: Path) -> None:
+    size = shard.stat().st_size
+    with shard.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{shard.name} is truncated ({size} bytes)")
+        header_len = struct.unpack("<Q", prefix)[0]
+        if header_len > size - 8:
+            raise CheckpointError(
+                f"{shard.name} is truncated or corrupt: header of "
+                f"{header_len} bytes in a {size}-byte file"
+            )
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{shard.name} has a corrupt header") from None
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    expected = 8 + header_len + max(ends, default=0)
+    if size < expected:
+        raise CheckpointError(f"{shard.name} is truncated: {size} bytes, header needs {expected}")
 
 
 def _synthesize(case: CaseSpec, spec: SynthModel) -> Path:

@@ -71,18 +71,27 @@ def _error_verdict(case: CaseSpec, status: Status, reason: str, config: bool = F
 def _session_keys(
     case: CaseSpec, model_type: str, options: RunOptions
 ) -> list[tuple[SessionKey, str]]:
-    """The (session, role) pairs a case needs; raises PathError for unknown names."""
+    """The (session, role) pairs a case needs; unknown names raise a CaseError naming the
+    field."""
     from .addons import resolve_addon
 
     keys = []
     for role, path in (("reference", case.paths.reference), ("candidate", case.paths.candidate)):
-        takes_addon = getattr(resolve_session_class(path), "takes_addon", True)
+        try:
+            takes_addon = getattr(resolve_session_class(path), "takes_addon", True)
+        except PathError as exc:
+            raise CaseError(case.source, str(exc), case.id, f"paths.{role}") from None
         if takes_addon:
-            resolve_addon(case.addon, model_type)
-        options = SessionOptions(
-            addon=case.addon if takes_addon else None, trust_remote_code=case.trust_remote_code
+            try:
+                resolve_addon(case.addon, model_type)
+            except PathError as exc:
+                raise CaseError(case.source, str(exc), case.id, "addon") from None
+        session_options = SessionOptions(
+            addon=case.addon if takes_addon else None,
+            trust_remote_code=case.trust_remote_code,
+            layer_probes=options.layer_probes,
         )
-        keys.append((SessionKey(path, options), role))
+        keys.append((SessionKey(path, session_options), role))
     return keys
 
 
@@ -97,9 +106,10 @@ def _plan(
     plan: dict[SessionKey, list[tuple[CaseSpec, str]]] = {}
     for case in group:
         try:
+            case.check_images()
             keys = _session_keys(case, model_type, options)
-        except PathError as exc:
-            done[case.id] = _error_verdict(case, Status.ERROR, f"{case.source}: {exc}", True)
+        except CaseError as exc:
+            done[case.id] = _error_verdict(case, Status.ERROR, str(exc), True)
             continue
         for key, role in keys:
             plan.setdefault(key, []).append((case, role))
@@ -130,7 +140,10 @@ def _run_group(group: list[CaseSpec], observe: Observer, options: RunOptions) ->
         if case.id in done:
             continue
         if case.id in failures:
-            done[case.id] = _error_verdict(case, Status.ERROR, failures[case.id])
+            reason = failures[case.id]
+            if not reason.startswith(case.source):
+                reason = f"{case.source}: {reason}"
+            done[case.id] = _error_verdict(case, Status.ERROR, reason)
         else:
             done[case.id] = compute_verdict(
                 case,

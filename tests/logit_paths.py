@@ -51,3 +51,15 @@ class SeparatedSwapped(_EditedLogits):
     def edit(self, logits, dtype):
         first, _, third = self.ranked(logits)[:3]
         logits[first], logits[third] = logits[third], logits[first]
+
+
+class TruncatedVocab(_EditedLogits):
+    """Reports logits for a smaller vocabulary than the reference."""
+
+    def capture(self, case):
+        capture = super().capture(case)
+        logits = capture.arrays["logits"][:-16]
+        return dataclasses.replace(capture, arrays={**capture.arrays, "logits": logits})
+
+    def edit(self, logits, dtype):
+        pass

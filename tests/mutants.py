@@ -114,3 +114,26 @@ class NudgeLayerTwoInput(AddOn):
         super().patch_text_model(text_model)
         layers = text_model.layers
         layers[self.LAYER] = _NudgedLayer(layers[self.LAYER], 1e-2)
+
+
+class DropsLastToken(AddOn):
+    """Returns one token fewer than the processor produced: sequence lengths differ."""
+
+    def compute_embeddings(self, *args, **kwargs):
+        ids, embeddings = super().compute_embeddings(*args, **kwargs)
+        return ids[:-1], embeddings[:-1]
+
+
+class NanInEmbeddings(AddOn):
+    """One image feature row turned into NaN."""
+
+    def merge_features(self, decoder, input_ids, features):
+        features = features.at[:, 0].multiply(mx.array(float("nan"), features.dtype))
+        return super().merge_features(decoder, input_ids, features)
+
+
+class NotAnAddOn:
+    """Constructible, but has no compute_embeddings."""
+
+    def __init__(self, model_path):
+        pass

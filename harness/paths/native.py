@@ -9,7 +9,13 @@ from ..capture import FirstLogits, build_capture
 from ..cases import CaseSpec
 from ..records import Capture
 from . import SessionOptions
-from .loading import load_quietly, model_type_of, session_provenance
+from .loading import (
+    check_image_placeholders,
+    check_vocab,
+    load_quietly,
+    model_type_of,
+    session_provenance,
+)
 
 
 class NativeSession:
@@ -24,6 +30,7 @@ class NativeSession:
         self.model, self.processor = load_quietly(
             mlx_vlm.load, str(model_dir), trust_remote_code=options.trust_remote_code
         )
+        check_vocab(getattr(self.processor, "tokenizer", self.processor), model_dir)
         self.provenance = session_provenance(self.name, model_dir)
         self.layer_probes = options.layer_probes
 
@@ -42,11 +49,17 @@ class NativeSession:
         from .. import probes
 
         images = [str(p) for p in case.image_files] or None
+        prompt = self.render_prompt(case)
+        image_token_id = getattr(self.model.config, "image_token_id", None)
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        check_image_placeholders(
+            case, tokenizer.encode(prompt, add_special_tokens=False), image_token_id
+        )
         inputs = prepare_inputs(
             self.processor,
             images=images,
-            prompts=[self.render_prompt(case)],
-            image_token_index=getattr(self.model.config, "image_token_id", None),
+            prompts=[prompt],
+            image_token_index=image_token_id,
             add_special_tokens=should_add_special_tokens(self.model_type, self.processor),
         )
         input_ids = inputs.pop("input_ids")

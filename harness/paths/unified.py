@@ -12,7 +12,14 @@ from ..capture import FirstLogits, build_capture
 from ..cases import CaseSpec
 from ..records import Capture
 from . import PathError, SessionOptions
-from .loading import load_quietly, model_type_of, session_provenance
+from .loading import (
+    check_image_placeholders,
+    check_vocab,
+    image_token_id_of,
+    load_quietly,
+    model_type_of,
+    session_provenance,
+)
 
 
 class PlainTextSession:
@@ -27,6 +34,8 @@ class PlainTextSession:
         patch = getattr(self.addon, "patch_text_model", None)
         if callable(patch):
             patch(self.model)
+        check_vocab(self.tokenizer, model_dir)
+        self.image_token_id = image_token_id_of(model_dir)
         self.provenance = session_provenance(self.name, model_dir)
         self.layer_probes = options.layer_probes
 
@@ -65,7 +74,9 @@ class PlainTextSession:
         clear = getattr(self.addon, "clear_prediction_state", None)
         if callable(clear):
             clear(self.model)
-        input_ids, embeddings = self.embeddings(case, mx.array(self.prompt_tokens(case)))
+        prompt_tokens = self.prompt_tokens(case)
+        check_image_placeholders(case, prompt_tokens, self.image_token_id)
+        input_ids, embeddings = self.embeddings(case, mx.array(prompt_tokens))
         first_logits = FirstLogits()
         with probes.install(self.model, self.model_type, self.layer_probes) as recording:
             steps = generate_step(
