@@ -188,7 +188,7 @@ def _follow(
     observe: Observer,
     timeout: float,
 ) -> None:
-    loading: list[str] = []  # cases of the session being loaded
+    loading: tuple[str, list[str]] = ("", [])  # path being loaded, and its cases
     current: tuple[str, str] | None = None  # (case id, what it was doing)
     while True:
         if not conn.poll(timeout):
@@ -207,19 +207,20 @@ def _follow(
         if event == "done":
             return
         if event == "load":
-            loading, current = [c.id for c, _ in plan[args[1]][1]], None
+            loading, current = (args[0], [c.id for c, _ in plan[args[1]][1]]), None
         elif event == "start":
-            loading, current = [], (args[0], f"{args[1]} path {args[2]}")
+            loading, current = ("", []), (args[0], f"{args[1]} path {args[2]}")
         else:
             outcome.apply(event, *args)
             current = None
 
 
 def _fail_in_flight(
-    outcome: Outcome, current: tuple[str, str] | None, loading: list[str], what: str
+    outcome: Outcome, current: tuple[str, str] | None, loading: tuple[str, list[str]], what: str
 ) -> None:
     if current is not None:
         case_id, doing = current
         outcome.apply("failed", case_id, f"{doing}: {what}")
-    for case_id in loading:
-        outcome.apply("failed", case_id, f"loading its path: {what}")
+    path, case_ids = loading
+    for case_id in case_ids:
+        outcome.apply("failed", case_id, f"loading path {path}: {what}")

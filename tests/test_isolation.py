@@ -39,7 +39,7 @@ def test_a_case_that_kills_its_worker_fails_alone(addon, death):
         [_with("gemma4", "before"), _with(addon, "crasher"), _with("gemma4", "after"), TEXT]
     )
     assert verdicts["crasher"].status is Status.ERROR
-    assert verdicts["crasher"].reason == f"candidate path unified: worker {death}"
+    assert verdicts["crasher"].reason == f"{BASE.source}: candidate path unified: worker {death}"
     for case_id in ("before", "after", TEXT.id):
         assert verdicts[case_id].status is Status.PASS, verdicts[case_id].reason
 
@@ -47,14 +47,18 @@ def test_a_case_that_kills_its_worker_fails_alone(addon, death):
 def test_a_worker_dying_while_loading_fails_only_that_sessions_cases():
     verdicts = _run([_with("crashers:ExitsWhileLoading", "doomed"), _with("gemma4", "fine")])
     assert verdicts["doomed"].status is Status.ERROR
-    assert verdicts["doomed"].reason == "loading its path: worker exited with code 3"
+    assert verdicts["doomed"].reason == (
+        f"{BASE.source}: loading path unified: worker exited with code 3"
+    )
     assert verdicts["fine"].status is Status.PASS
 
 
 def test_a_hanging_case_times_out_and_the_rest_run():
     verdicts = _run([_with("crashers:Hangs", "hangs"), _with("gemma4", "fine")], timeout=10)
     assert verdicts["hangs"].status is Status.ERROR
-    assert verdicts["hangs"].reason == "candidate path unified: timed out after 10 s"
+    assert verdicts["hangs"].reason == (
+        f"{BASE.source}: candidate path unified: timed out after 10 s"
+    )
     assert verdicts["fine"].status is Status.PASS
 
 
