@@ -76,13 +76,15 @@ def build_capture(
         raise RuntimeError("the prompt's forward pass produced no logits")
     prompt_len = int(input_ids.size)
     chunks = prefill_schedule(recording.calls.get("embeddings", []), prompt_len)
+    stages = {"input_ids": input_ids.reshape(-1)}
+    for stage, calls in recording.calls.items():
+        stages[stage] = prompt_rows(calls, len(chunks), prompt_len)
+    stages["logits"] = logits.reshape(-1)
+    mx.eval(list(stages.values()))  # one evaluation for all stages, then cheap copies
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
-    arrays["input_ids"], dtypes["input_ids"] = to_numpy(input_ids.reshape(-1))
-    for stage, calls in recording.calls.items():
-        rows = prompt_rows(calls, len(chunks), prompt_len)
-        arrays[stage], dtypes[stage] = to_numpy(rows)
-    arrays["logits"], dtypes["logits"] = to_numpy(logits.reshape(-1))
+    for stage, value in stages.items():
+        arrays[stage], dtypes[stage] = to_numpy(value)
     return Capture(
         path=path,
         case_id=case_id,

@@ -26,7 +26,7 @@ def _one_line(text: str) -> str:
     return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
 
 
-class CaseError(Exception):
+class CaseError(ValueError):
     """A case that cannot run; `str()` is one line naming file and field."""
 
     def __init__(

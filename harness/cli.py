@@ -7,23 +7,14 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from pathlib import Path
 
-import yaml
-from rich.console import Console
-from rich.table import Table
-
-from .cases import CaseError, load_cases
-from .records import Status
-
+# Heavy imports live inside the commands: `run` first starts a worker, which imports the
+# MLX stack while this process parses the cases.
 DEFAULT_CASES = Path("cases")
 DEFAULT_REPORT_DIR = Path("reports/latest")
-STATUS_STYLE = {
-    Status.PASS: "green",
-    Status.FAIL: "bold red",
-    Status.ERROR: "red",
-    Status.SKIP: "yellow",
-}
+STATUS_STYLE = {"pass": "green", "fail": "bold red", "error": "red", "skip": "yellow"}
 
 
 def _interrupt_on_sigterm() -> None:
@@ -35,12 +26,28 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _warm_report_imports() -> None:
+    """Import the report's table libraries while the workers run: the parent would
+    otherwise idle during the captures and then pay these imports at the end. (matplotlib
+    is left out: figures are only drawn for runs that diverged.)"""
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .report import write_reports
+    if args.isolation == "process":
+        from . import worker
+
+        worker.prestart()
+    from rich.console import Console
+    from rich.table import Table
+
+    from .cases import load_cases
     from .runner import RunOptions, run_cases
 
     out, err = Console(), Console(stderr=True)
     cases, errors = load_cases(args.cases or [DEFAULT_CASES])
+    threading.Thread(target=_warm_report_imports, daemon=True).start()
     with err.status("starting") as status:
 
         def observe(event: str, message: str) -> None:
@@ -57,7 +64,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         _interrupt_on_sigterm()
         result = run_cases(cases, errors, observe, options)
-    outputs = write_reports(result, args.report_dir, args.junit)
+    from .report import write_reports
+
+    outputs = write_reports(result, args.report_dir, args.junit, args.figures)
 
     table = Table(title=f"mlx-parity: {len(result.verdicts)} case(s)")
     table.add_column("case", no_wrap=True)
@@ -72,7 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         table.add_row(
             v.case_id,
-            f"[{STATUS_STYLE[v.status]}]{v.status.value}[/]",
+            f"[{STATUS_STYLE[v.status.value]}]{v.status.value}[/]",
             v.first_divergence or "",
             metric,
             v.reason,
@@ -83,6 +92,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .cases import load_cases
+
     cases, errors = load_cases(args.cases or [DEFAULT_CASES])
     table = Table(title="cases")
     table.add_column("id", no_wrap=True)
@@ -106,6 +120,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _parse_option(text: str) -> tuple[str, object]:
+    import yaml
+
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
@@ -130,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
     run.add_argument(
         "--junit", type=Path, default=None, help="JUnit XML path (default: in report dir)"
+    )
+    run.add_argument(
+        "--figures",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="per-layer and image-token figures: auto draws them when a case diverged",
     )
     run.add_argument(
         "--keep-tensors",
@@ -175,11 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except CaseError as exc:
-        Console(stderr=True).print(f"[red]error[/] {exc}")
-        return 2
-    except (ValueError, LookupError) as exc:
-        Console(stderr=True).print(f"[red]error[/] {type(exc).__name__}: {exc}")
+    except (ValueError, LookupError) as exc:  # CaseError and pydantic errors included
+        from rich.console import Console
+
+        from .cases import CaseError
+
+        label = "" if isinstance(exc, CaseError) else f"{type(exc).__name__}: "
+        Console(stderr=True).print(f"error: {label}{exc}", markup=False, highlight=False)
         return 2
 
 

@@ -9,9 +9,7 @@ those events over a pipe, the in-process runner applies them directly.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import signal
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from .capture import save_capture
 from .cases import CaseError, CaseSpec
 from .paths import SessionOptions, resolve_session_class
 from .records import Capture
+from .worker import prestart, take
 
 Plan = list[tuple["SessionKey", list[tuple[CaseSpec, str]]]]
 Emit = Callable[..., None]
@@ -37,13 +36,16 @@ class SessionKey:
 class Outcome:
     captures: dict[tuple[str, str], Capture] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    config_failures: set[str] = field(default_factory=set)  # caused by a case field
 
     def apply(self, event: str, *args: Any) -> None:
         if event == "capture":
             case_id, role, capture = args
             self.captures[(case_id, role)] = capture
         elif event == "failed":
-            case_id, message = args
+            case_id, message, *config = args
+            if case_id not in self.failures and config and config[0]:
+                self.config_failures.add(case_id)
             self.failures.setdefault(case_id, message)
 
     def remaining(self, plan: Plan) -> Plan:
@@ -82,9 +84,14 @@ def execute_plan(plan: Plan, model_dir: Path, keep_tensors: Path | None, emit: E
         try:
             session = resolve_session_class(key.path)(model_dir, key.options)
         except Exception as exc:
+            field = getattr(exc, "field", None)
             for case, _ in members:
                 failed.add(case.id)
-                emit("failed", case.id, f"path {key.path} failed to load: {one_line(exc)}")
+                if field:  # the case named something that does not work: say which field
+                    message = f"{case.source}: {field}: loading path {key.path}: {exc}"
+                else:
+                    message = f"path {key.path} failed to load: {one_line(exc)}"
+                emit("failed", case.id, message, bool(field))
             continue
         try:
             for case, role in members:
@@ -98,7 +105,7 @@ def execute_plan(plan: Plan, model_dir: Path, keep_tensors: Path | None, emit: E
                     emit("capture", case.id, role, capture)
                 except CaseError as exc:
                     failed.add(case.id)
-                    emit("failed", case.id, exc.during(f"{role} path {key.path}"))
+                    emit("failed", case.id, exc.during(f"{role} path {key.path}"), True)
                 except Exception as exc:
                     failed.add(case.id)
                     emit("failed", case.id, f"{role} path {key.path}: {one_line(exc)}")
@@ -129,17 +136,6 @@ def run_in_process(
     return outcome
 
 
-def _worker_main(conn: Any, plan: Plan, model_dir: Path, keep_tensors: Path | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    # mlx-vlm's prefill progress bar would otherwise create a process-shared semaphore
-    # that outlives the worker (a resource_tracker warning in the parent).
-    from tqdm import tqdm
-
-    tqdm.set_lock(threading.RLock())
-    execute_plan(plan, model_dir, keep_tensors, lambda *event: conn.send(event))
-    conn.close()
-
-
 def _death(process: Any) -> str:
     code = process.exitcode
     if code is not None and code < 0:
@@ -148,33 +144,37 @@ def _death(process: Any) -> str:
 
 
 def run_in_workers(
-    plan: Plan, model_dir: Path, keep_tensors: Path | None, observe: Observer, timeout: float
+    plan: Plan,
+    model_dir: Path,
+    keep_tensors: Path | None,
+    observe: Observer,
+    timeout: float,
+    prestart_next: bool = False,
 ) -> Outcome:
     """Run `plan` in a spawned worker; when it dies or hangs, fail what it was doing and
-    start a fresh worker for the rest."""
-    context = multiprocessing.get_context("spawn")
+    start a fresh worker for the rest. `prestart_next` warms a spare worker for the next
+    model group while this one runs."""
     outcome = Outcome()
     remaining = plan
     while remaining:
         settled = len(outcome.captures) + len(outcome.failures)
-        parent, child = context.Pipe(duplex=False)
-        worker = context.Process(
-            target=_worker_main, args=(child, remaining, model_dir, keep_tensors), daemon=True
-        )
-        worker.start()
-        child.close()
+        worker = take()
+        if prestart_next:
+            prestart()
         try:
-            _follow(worker, parent, remaining, outcome, model_dir, observe, timeout)
+            worker.conn.send((remaining, model_dir, keep_tensors))
+            _follow(worker.process, worker.conn, remaining, outcome, model_dir, observe, timeout)
         finally:
-            if worker.is_alive():
-                worker.kill()
-            worker.join()
-            parent.close()
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.process.join()
+            worker.conn.close()
         if len(outcome.captures) + len(outcome.failures) == settled:
             # Died before finishing anything: do not respawn forever.
+            death = _death(worker.process)
             for _, members in remaining:
                 for case, _ in members:
-                    outcome.apply("failed", case.id, f"worker {_death(worker)} outside any case")
+                    outcome.apply("failed", case.id, f"worker {death} outside any case")
         remaining = outcome.remaining(remaining)
     return outcome
 

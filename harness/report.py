@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 from xml.etree import ElementTree as ET
 
 import pandas as pd
@@ -196,7 +197,14 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
-def write_reports(run: RunResult, out_dir: Path, junit: Path | None = None) -> dict[str, Path]:
+def write_reports(
+    run: RunResult,
+    out_dir: Path,
+    junit: Path | None = None,
+    figures: Literal["auto", "always", "never"] = "auto",
+) -> dict[str, Path]:
+    """Write every format. Figures are drawn for runs where something diverged ("auto"):
+    a plot of all-zero differences says nothing the table does not, and costs ~1 s."""
     frame = to_frame(run)
     outputs = {
         "parquet": out_dir / "parity.parquet",
@@ -208,14 +216,16 @@ def write_reports(run: RunResult, out_dir: Path, junit: Path | None = None) -> d
     tokens = plots.image_token_table(run.verdicts)
     _atomic_write(outputs["parquet"], lambda p: frame.to_parquet(p, index=False))
     _atomic_write(outputs["image_tokens"], lambda p: tokens.to_parquet(p, index=False))
-    figures = out_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    for stale in figures.glob("*.png"):
+    figure_dir = out_dir / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    for stale in figure_dir.glob("*.png"):
         stale.unlink()
-    if plots.plot_layers(frame, figures / "layers.png"):
-        outputs["layers_figure"] = figures / "layers.png"
-    for v in run.verdicts:
-        plots.plot_image_tokens(v, figures / f"image_tokens.{v.case_id}.png")
+    diverged = any(v.first_divergence for v in run.verdicts)
+    if figures == "always" or (figures == "auto" and diverged):
+        if plots.plot_layers(frame, figure_dir / "layers.png"):
+            outputs["layers_figure"] = figure_dir / "layers.png"
+        for v in run.verdicts:
+            plots.plot_image_tokens(v, figure_dir / f"image_tokens.{v.case_id}.png")
     _atomic_write(outputs["csv"], lambda p: frame.to_csv(p, index=False))
     _atomic_write(outputs["markdown"], lambda p: p.write_text(markdown(run)))
     _atomic_write(outputs["junit"], lambda p: p.write_text(junit_xml(run)))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import provenance
+from . import provenance, worker
 from .cases import CaseError, CaseSpec, load_cases
 from .compare import verdict as compute_verdict
 from .execute import Plan, SessionKey, one_line, run_in_process, run_in_workers
@@ -73,7 +73,7 @@ def _session_keys(
 ) -> list[tuple[SessionKey, str]]:
     """The (session, role) pairs a case needs; unknown names raise a CaseError naming the
     field."""
-    from .addons import resolve_addon
+    from .addons import check_addon_name
 
     keys = []
     for role, path in (("reference", case.paths.reference), ("candidate", case.paths.candidate)):
@@ -83,7 +83,7 @@ def _session_keys(
             raise CaseError(case.source, str(exc), case.id, f"paths.{role}") from None
         if takes_addon:
             try:
-                resolve_addon(case.addon, model_type)
+                check_addon_name(case.addon, model_type)
             except PathError as exc:
                 raise CaseError(case.source, str(exc), case.id, "addon") from None
         session_options = SessionOptions(
@@ -116,7 +116,10 @@ def _plan(
     return sorted(plan.items(), key=lambda item: item[0].options.addon is not None)
 
 
-def _run_group(group: list[CaseSpec], observe: Observer, options: RunOptions) -> list[Verdict]:
+def _run_group(
+    group: list[CaseSpec], observe: Observer, options: RunOptions, more: bool = False
+) -> list[Verdict]:
+    """Verdicts of one model group; `more`: other groups follow (warm a worker for them)."""
     done: dict[str, Verdict] = {}
     try:
         model_dir = resolve_model(group[0])
@@ -131,7 +134,9 @@ def _run_group(group: list[CaseSpec], observe: Observer, options: RunOptions) ->
     from .paths.loading import image_token_id_of
 
     if options.isolation == "process":
-        outcome = run_in_workers(plan, model_dir, options.keep_tensors, observe, options.timeout)
+        outcome = run_in_workers(
+            plan, model_dir, options.keep_tensors, observe, options.timeout, prestart_next=more
+        )
     else:
         outcome = run_in_process(plan, model_dir, options.keep_tensors, observe)
     captures, failures = outcome.captures, outcome.failures
@@ -143,7 +148,8 @@ def _run_group(group: list[CaseSpec], observe: Observer, options: RunOptions) ->
             reason = failures[case.id]
             if not reason.startswith(case.source):
                 reason = f"{case.source}: {reason}"
-            done[case.id] = _error_verdict(case, Status.ERROR, reason)
+            config = case.id in outcome.config_failures
+            done[case.id] = _error_verdict(case, Status.ERROR, reason, config)
         else:
             done[case.id] = compute_verdict(
                 case,
@@ -178,13 +184,16 @@ def run_cases(
         groups.setdefault(case.model_key(), []).append(case)
     complete = True
     try:
-        for group in groups.values():
-            for v in _run_group(group, observe, options):
+        for index, group in enumerate(groups.values()):
+            more = index + 1 < len(groups)
+            for v in _run_group(group, observe, options, more):
                 observe("verdict", f"{v.case_id}: {v.status.value}")
                 verdicts.append(v)
     except KeyboardInterrupt:
         complete = False
         observe("interrupted", f"{len(verdicts)} verdict(s) kept")
+    finally:
+        worker.release_spare()
     config_errors = sum(v.config_error for v in verdicts)
     return RunResult(tuple(verdicts), started, _now(), run_provenance(), config_errors, complete)
 

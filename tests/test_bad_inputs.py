@@ -229,7 +229,9 @@ def test_bad_input_gets_a_named_one_line_error(outcome, name):
 def test_config_errors_make_the_run_exit_two(outcome):
     _, verdicts, result = outcome
     assert result.exit_code == 2
-    assert verdicts["unknown_key"].config_error and not verdicts["vocab_mismatch"].config_error
+    assert verdicts["unknown_key"].config_error and verdicts["vocab_mismatch"].config_error
+    assert "model: loading path" in verdicts["vocab_mismatch"].reason
+    assert not verdicts["nan_in_capture"].config_error
 
 
 def test_different_sequence_lengths_fail_with_the_shapes(outcome):

@@ -12,6 +12,7 @@ A built-in module names its class `AddOn`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from ..paths import PathError, import_object
 
@@ -20,7 +21,35 @@ REQUIRED_METHODS = ("compute_embeddings",)
 
 
 class AddOnError(PathError):
-    pass
+    field = "addon"
+
+
+def _module_name(name: str) -> str:
+    return f"{__name__}.{ALIASES.get(name, name)}"
+
+
+def check_addon_name(name: str, model_type: str) -> None:
+    """Cheap check that `name` can be found, without importing it (an add-on pulls in
+    mlx-lm and mlx-vlm; the worker that runs it imports it). Contract checks happen there."""
+    if name == "auto":
+        name = model_type
+    module_name = name.partition(":")[0] if ":" in name else _module_name(name)
+    try:
+        found = importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError) as exc:
+        raise AddOnError(
+            f"add-on cannot import module {module_name!r} for {name!r}: {exc}"
+        ) from None
+    if not found and ":" in name:
+        raise AddOnError(
+            f"add-on cannot import module {module_name!r} for {name!r}: "
+            f"No module named {module_name!r}"
+        )
+    if not found:
+        raise AddOnError(
+            f"no built-in add-on {name!r} (expected harness/addons/"
+            f"{ALIASES.get(name, name)}.py); or give 'module:Class'"
+        )
 
 
 def resolve_addon(name: str, model_type: str) -> type:

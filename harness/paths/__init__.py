@@ -26,7 +26,10 @@ BUILTIN: dict[str, str] = {
 
 
 class PathError(Exception):
-    """A path could not be resolved or refused a case; the message names what and why."""
+    """A path could not be resolved or refused a case; the message names what and why.
+    `field` names the case field at fault, if any; such errors are configuration errors."""
+
+    field: str | None = None
 
 
 @dataclass(frozen=True)

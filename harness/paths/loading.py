@@ -33,22 +33,25 @@ def image_token_id_of(model_dir: Path) -> int | None:
     return token if isinstance(token, int) else None
 
 
+class CheckpointMismatch(PathError):
+    field = "model"
+
+
 def check_vocab(tokenizer: Any, model_dir: Path) -> None:
     """A tokenizer with ids beyond the embedding table would index garbage rows."""
     config = _config(model_dir)
     rows = (config.get("text_config") or {}).get("vocab_size", config.get("vocab_size"))
     if isinstance(rows, int) and len(tokenizer) > rows:
-        raise PathError(
+        raise CheckpointMismatch(
             f"tokenizer has {len(tokenizer)} ids but the model's vocabulary has "
             f"{rows} rows ({model_dir})"
         )
 
 
-def check_image_placeholders(case: Any, token_ids: Any, image_token_id: int | None) -> None:
+def check_image_placeholders(case: Any, placeholders: int, image_token_id: int | None) -> None:
     """The rendered prompt must hold one image placeholder per image of the case."""
     if image_token_id is None:
         return
-    placeholders = sum(1 for t in token_ids if t == image_token_id)
     images = len(case.image_files)
     if placeholders != images:
         message = (

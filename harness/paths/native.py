@@ -42,6 +42,16 @@ class NativeSession:
             **case.chat_template_kwargs,
         )
 
+    def _placeholder_count(self, prompt: str) -> int:
+        """Image placeholders in the rendered prompt (by text when the processor names its
+        placeholder, else by tokenizing)."""
+        placeholder = getattr(self.processor, "image_token", None)
+        if isinstance(placeholder, str) and placeholder:
+            return prompt.count(placeholder)
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        image_token_id = getattr(self.model.config, "image_token_id", None)
+        return tokenizer.encode(prompt, add_special_tokens=False).count(image_token_id)
+
     def capture(self, case: CaseSpec) -> Capture:
         from mlx_vlm.generate import generate_step
         from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
@@ -51,10 +61,7 @@ class NativeSession:
         images = [str(p) for p in case.image_files] or None
         prompt = self.render_prompt(case)
         image_token_id = getattr(self.model.config, "image_token_id", None)
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        check_image_placeholders(
-            case, tokenizer.encode(prompt, add_special_tokens=False), image_token_id
-        )
+        check_image_placeholders(case, self._placeholder_count(prompt), image_token_id)
         inputs = prepare_inputs(
             self.processor,
             images=images,

@@ -75,7 +75,9 @@ class PlainTextSession:
         if callable(clear):
             clear(self.model)
         prompt_tokens = self.prompt_tokens(case)
-        check_image_placeholders(case, prompt_tokens, self.image_token_id)
+        check_image_placeholders(
+            case, prompt_tokens.count(self.image_token_id), self.image_token_id
+        )
         input_ids, embeddings = self.embeddings(case, mx.array(prompt_tokens))
         first_logits = FirstLogits()
         with probes.install(self.model, self.model_type, self.layer_probes) as recording:

@@ -1,0 +1,75 @@
+"""Worker processes, started early: a worker imports the MLX stack while the parent is
+still parsing cases, then waits for its job. Light on imports itself, so the parent can
+start one before importing anything heavy."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+_context = multiprocessing.get_context("spawn")
+_spare: Worker | None = None
+
+
+@dataclass
+class Worker:
+    process: Any
+    conn: Any
+
+
+def _serve(conn: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # mlx-vlm's prefill progress bar would otherwise create a process-shared semaphore that
+    # outlives the worker (a resource_tracker warning in the parent).
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+    import mlx_lm  # noqa: F401  (warm-up while the parent prepares the job)
+    import mlx_vlm  # noqa: F401
+
+    from .execute import execute_plan
+
+    job = conn.recv()
+    if job is not None:
+        execute_plan(*job, emit=lambda *event: conn.send(event))
+    conn.close()
+
+
+def _start() -> Worker:
+    parent, child = _context.Pipe(duplex=True)
+    process = _context.Process(target=_serve, args=(child,), daemon=True)
+    process.start()
+    child.close()
+    return Worker(process, parent)
+
+
+def prestart() -> None:
+    """Start a spare worker now, to be handed the next job."""
+    global _spare
+    if _spare is None or not _spare.process.is_alive():
+        _spare = _start()
+
+
+def take() -> Worker:
+    """The spare worker if one is warm, else a fresh one."""
+    global _spare
+    worker, _spare = _spare, None
+    if worker is None or not worker.process.is_alive():
+        worker = _start()
+    return worker
+
+
+def release_spare() -> None:
+    """Stop an unused spare (end of run)."""
+    global _spare
+    if _spare is not None:
+        with contextlib.suppress(OSError):
+            _spare.conn.send(None)
+        _spare.process.join(timeout=10)
+        if _spare.process.is_alive():
+            _spare.process.kill()
+        _spare = None
