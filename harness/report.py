@@ -33,6 +33,7 @@ COLUMNS = [
     "margin",
     "required",
     "passed",
+    "gating",
     "detail",
 ]
 
@@ -63,6 +64,7 @@ def _rows(verdict: Verdict, run: RunResult) -> list[dict[str, object]]:
                 "margin": None,
                 "required": None,
                 "passed": None,
+                "gating": None,
                 "detail": "",
             }
         ]
@@ -77,6 +79,7 @@ def _rows(verdict: Verdict, run: RunResult) -> list[dict[str, object]]:
             "margin": c.margin,
             "required": c.required,
             "passed": c.passed,
+            "gating": c.gating,
             "detail": c.detail,
         }
         for c in verdict.checks
@@ -93,6 +96,7 @@ def to_frame(run: RunResult) -> pd.DataFrame:
     for column in ("value", "threshold", "margin", "required"):
         frame[column] = frame[column].astype("float64")
     frame["passed"] = frame["passed"].astype("boolean")
+    frame["gating"] = frame["gating"].astype("boolean")
     return frame
 
 
