@@ -63,9 +63,10 @@ class Outcome:
 
 
 def one_line(exc: BaseException) -> str:
+    """First line of an error; the type is named unless the error is the case's own."""
     text = str(exc).strip().splitlines()
     message = text[0] if text else ""
-    if isinstance(exc, CaseError) or type(exc).__name__ == "ModelUnavailable":
+    if isinstance(exc, CaseError):
         return message
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 

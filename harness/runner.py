@@ -125,7 +125,7 @@ def _run_group(
         model_dir = resolve_model(group[0])
         plan = _plan(group, model_dir, done, options)
     except ModelUnavailable as exc:
-        return [_error_verdict(c, Status.SKIP, one_line(exc)) for c in group]
+        return [_error_verdict(c, Status.SKIP, str(exc)) for c in group]
     except (CaseError, PathError) as exc:
         return [_error_verdict(c, Status.ERROR, one_line(exc), True) for c in group]
     except Exception as exc:
