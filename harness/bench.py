@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,9 @@ def _bare_worker(
 
     import mlx.core as mx
 
+    from .worker import exit_when_orphaned
+
+    threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     seconds: dict[str, list[float]] = {}
     for path in paths:
         runner = BARE[path](model_dir, case)

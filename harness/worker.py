@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +23,17 @@ class Worker:
     conn: Any
 
 
+def exit_when_orphaned(parent: int) -> None:
+    """A worker whose parent was killed outright must not keep a model loaded forever."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def _serve(conn: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     # mlx-vlm's prefill progress bar would otherwise create a process-shared semaphore that
     # outlives the worker (a resource_tracker warning in the parent).
     from tqdm import tqdm

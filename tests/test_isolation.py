@@ -120,3 +120,44 @@ def test_sigterm_leaves_a_report_of_finished_cases_marked_incomplete(tmp_path):
     assert (frame.status == "pass").all() and not frame.run_complete.any()
     assert "INCOMPLETE" in (tmp_path / "r" / "parity.md").read_text()
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".")]
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    case = tmp_path / "hangs.yaml"
+    case.write_text(
+        textwrap.dedent(f"""
+        include: {CASES / "_gemma4_tiny.yaml"}
+        addon: 'crashers:Hangs'
+        messages:
+          - role: user
+            content: [{{type: image, image: {CASES / "images" / "gradient_256.png"}}}]
+    """)
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(case), "--report-dir", str(tmp_path / "r")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    workers = []
+    while time.monotonic() < deadline and not workers:
+        time.sleep(0.5)
+        workers = [
+            p
+            for p in psutil.Process(parent.pid).children()
+            if "spawn_main" in " ".join(p.cmdline())
+        ]
+    assert workers, "no worker started"
+    time.sleep(12)  # past the worker's imports and model load: inside the hanging case
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive, f"orphaned workers still running: {alive}"
