@@ -40,7 +40,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         worker.prestart()
     from rich.console import Console
-    from rich.table import Table
 
     from .cases import load_cases
     from .runner import RunOptions, run_cases
@@ -68,27 +67,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     outputs = write_reports(result, args.report_dir, args.junit, args.figures)
 
-    table = Table(title=f"mlx-parity: {len(result.verdicts)} case(s)")
+    _print_verdicts(out, result.verdicts)
+    out.print(f"report: {outputs['parquet']} (+ csv, md, junit: {outputs['junit']})")
+    return result.exit_code
+
+
+def _print_verdicts(console: object, verdicts: tuple) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"mlx-parity: {len(verdicts)} case(s)")
     table.add_column("case", no_wrap=True)
     for column in ("status", "first divergence", "worst metric", "reason"):
         table.add_column(column, overflow="fold")
-    for v in result.verdicts:
+    for v in verdicts:
         worst = v.worst_check()
         metric = (
             f"{worst.stage}.{worst.metric}={worst.value:.3g} (<= {worst.threshold:.3g})"
             if worst
             else ""
         )
+        status = f"[{STATUS_STYLE[v.status.value]}]{v.status.value}[/]"
         table.add_row(
-            v.case_id,
-            f"[{STATUS_STYLE[v.status.value]}]{v.status.value}[/]",
-            v.first_divergence or "",
-            metric,
-            v.reason,
+            escape(v.case_id), status, v.first_divergence or "", escape(metric), escape(v.reason)
         )
-    out.print(table)
-    out.print(f"report: {outputs['parquet']} (+ csv, md, junit: {outputs['junit']})")
-    return result.exit_code
+    console.print(table)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
