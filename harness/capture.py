@@ -78,7 +78,11 @@ def build_capture(
     chunks = prefill_schedule(recording.calls.get("embeddings", []), prompt_len)
     stages = {"input_ids": input_ids.reshape(-1)}
     for stage, calls in recording.calls.items():
-        stages[stage] = prompt_rows(calls, len(chunks), prompt_len)
+        if stage in recording.final_call_only:
+            # Only the final prompt call's last row: earlier calls stay unevaluated.
+            stages[stage] = calls[len(chunks) - 1][0, -1:]
+        else:
+            stages[stage] = prompt_rows(calls, len(chunks), prompt_len)
     stages["logits"] = logits.reshape(-1)
     mx.eval(list(stages.values()))  # one evaluation for all stages, then cheap copies
     arrays: dict[str, np.ndarray] = {}

@@ -21,9 +21,14 @@ ALIASES: dict[str, str] = {"gemma4_text": "gemma4"}
 
 @dataclass
 class Recording:
-    """Per-call arrays, in call order; a path trims them to the prompt afterwards."""
+    """Per-call arrays, in call order; a path trims them to the prompt afterwards.
+
+    `final_call_only`: stages whose prefill-chunk values the model itself never uses (MLX's
+    lazy graph would skip computing them); they are kept for the final call only, so that
+    probing adds no compute, and compared at the last position."""
 
     calls: dict[str, list[mx.array]] = field(default_factory=dict)
+    final_call_only: set[str] = field(default_factory=set)
 
     def add(self, stage: str, value: mx.array) -> None:
         self.calls.setdefault(stage, []).append(value)

@@ -8,15 +8,26 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from . import Recording, wrap_method
+from . import LAYER_OUT, Recording, wrap_method
 
 # mlx-vlm names the method publicly, mlx-lm privately.
 _PROJECTION_METHODS = ("project_per_layer_inputs", "_project_per_layer_inputs")
 
 
+def _unused_in_prefill(text_model: Any) -> range:
+    """Layers whose outputs no KV cache needs during prefill: the KV-shared layers and the
+    last layer before them (its output only feeds shared layers)."""
+    config = text_model.config
+    first_shared = config.num_hidden_layers - (getattr(config, "num_kv_shared_layers", 0) or 0)
+    if first_shared >= config.num_hidden_layers:
+        return range(config.num_hidden_layers - 1, config.num_hidden_layers)
+    return range(max(first_shared - 1, 0), config.num_hidden_layers)
+
+
 @contextlib.contextmanager
 def taps(model: Any, recording: Recording) -> Iterator[None]:
     text_model = model.language_model.model
+    recording.final_call_only |= {f"{LAYER_OUT}.{i}" for i in _unused_in_prefill(text_model)}
     if not text_model.hidden_size_per_layer_input:
         yield
         return
