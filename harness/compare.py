@@ -75,10 +75,12 @@ def _layer_count(capture: Capture) -> int:
     return sum(1 for key in capture.arrays if key.startswith(LAYER_OUT + "."))
 
 
-def _align_rows(ref: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    """Compare the rows both paths computed: a path that computed only the last position
-    of a layer is compared there."""
-    if ref.shape[0] != test.shape[0] and 1 in (ref.shape[0], test.shape[0]):
+def _align_rows(
+    ref: np.ndarray, test: np.ndarray, prompt_len: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Compare the rows both paths kept: where either kept only the last prompt position
+    of a layer, compare there, and say so in the metric name."""
+    if prompt_len > 1 and 1 in (ref.shape[0], test.shape[0]):
         return ref[-1:], test[-1:], "last_position_"
     return ref, test, ""
 
@@ -106,6 +108,7 @@ def check_layers(
                 gating=False,
             )
         ]
+    prompt_len = len(reference.arrays.get("input_ids", ()))
     results = []
     for index in range(n_ref):
         stage = layer_stage(index)
@@ -117,7 +120,7 @@ def check_layers(
             if ref is None or test is None:
                 results.append(_absent(case_id, stage, reference, candidate, ref, test))
                 continue
-            ref, test, where = _align_rows(ref, test)
+            ref, test, where = _align_rows(ref, test, prompt_len)
             dtype = reference.dtypes.get(f"{key}.{index}", "float32")
             results += _results(case_id, stage, specs, ref, test, dtype, prefix + where)
     return results
