@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,34 @@ def build_capture(
         prefill_chunks=chunks,
         provenance={k: str(v) for k, v in provenance.items()},
         layer_tree=layer_tree,
+    )
+
+
+def capture_first_token(
+    session: Any,
+    case_id: str,
+    input_ids: mx.array,
+    start_steps: Callable[[list[Any]], Iterator[Any]],
+) -> Capture:
+    """Run a path's own generation loop up to the first token with the probes installed.
+
+    `session` has `name`, `model`, `model_type`, `layer_probes` and `provenance`;
+    `start_steps(logits_processors)` starts the path's `generate_step`."""
+    from . import probes
+
+    first_logits = FirstLogits()
+    with probes.install(session.model, session.model_type, session.layer_probes) as recording:
+        steps = start_steps([first_logits])
+        next(steps)
+        steps.close()
+    return build_capture(
+        session.name,
+        case_id,
+        input_ids,
+        recording,
+        first_logits.logits,
+        session.provenance,
+        probes.layer_tree(session.model),
     )
 
 

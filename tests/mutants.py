@@ -23,13 +23,16 @@ class EngineStyle(AddOn):
     """mlx-engine's design (correct, but not exact for every hidden size): unscaled token
     embeddings, image features divided by embed_scale, mlx-lm multiplies by it again."""
 
+    def feature_divisor(self, decoder):
+        return decoder.embed_scale
+
     def merge_features(self, decoder, input_ids, features):
         return _scatter(
             decoder,
             input_ids,
             self.config.image_token_id,
             decoder.embed_tokens(input_ids),
-            features / decoder.embed_scale,
+            features / self.feature_divisor(decoder),
         )
 
     def prompt_state(self, input_ids):
@@ -39,14 +42,8 @@ class EngineStyle(AddOn):
 class FeaturesNotDivided(EngineStyle):
     """Image features not divided by embed_scale: mlx-lm scales them once too often."""
 
-    def merge_features(self, decoder, input_ids, features):
-        return _scatter(
-            decoder,
-            input_ids,
-            self.config.image_token_id,
-            decoder.embed_tokens(input_ids),
-            features,
-        )
+    def feature_divisor(self, decoder):
+        return 1
 
 
 class EmbedScaleTwice(AddOn):

@@ -23,6 +23,17 @@ def _with(addon: str, case_id: str, base=BASE):
     return base.model_copy(update={"id": case_id, "addon": addon})
 
 
+def _image_case_with_addon(directory, addon: str):
+    """A case file (outside cases/) running the tiny image case with `addon`."""
+    path = directory / f"{addon.rpartition(':')[2]}.yaml"
+    image = CASES / "images" / "gradient_256.png"
+    path.write_text(
+        f"include: {CASES / '_gemma4_tiny.yaml'}\naddon: '{addon}'\n"
+        f"messages: [{{role: user, content: [{{type: image, image: {image}}}]}}]\n"
+    )
+    return path
+
+
 def _run(cases, **options):
     return {v.case_id: v for v in run_cases(cases, options=RunOptions(**options)).verdicts}
 
@@ -54,10 +65,10 @@ def test_a_worker_dying_while_loading_fails_only_that_sessions_cases():
 
 
 def test_a_hanging_case_times_out_and_the_rest_run():
-    verdicts = _run([_with("crashers:Hangs", "hangs"), _with("gemma4", "fine")], timeout=10)
+    verdicts = _run([_with("crashers:Hangs", "hangs"), _with("gemma4", "fine")], timeout=15)
     assert verdicts["hangs"].status is Status.ERROR
     assert verdicts["hangs"].reason == (
-        f"{BASE.source}: candidate path unified: timed out after 10 s"
+        f"{BASE.source}: candidate path unified: timed out after 15 s"
     )
     assert verdicts["fine"].status is Status.PASS
 
@@ -84,16 +95,7 @@ def test_sigterm_leaves_a_report_of_finished_cases_marked_incomplete(tmp_path):
         messages: [{{role: user, content: "Hello, how are you today?"}}]
     """)
     )
-    cancelled = tmp_path / "cancelled.yaml"
-    cancelled.write_text(
-        textwrap.dedent(f"""
-        include: {CASES / "_gemma4_tiny.yaml"}
-        addon: 'crashers:SendsSigterm'
-        messages:
-          - role: user
-            content: [{{type: image, image: {CASES / "images" / "gradient_256.png"}}}]
-    """)
-    )
+    cancelled = _image_case_with_addon(tmp_path, "crashers:SendsSigterm")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     result = subprocess.run(
         [
@@ -128,16 +130,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
 
     import psutil
 
-    case = tmp_path / "hangs.yaml"
-    case.write_text(
-        textwrap.dedent(f"""
-        include: {CASES / "_gemma4_tiny.yaml"}
-        addon: 'crashers:Hangs'
-        messages:
-          - role: user
-            content: [{{type: image, image: {CASES / "images" / "gradient_256.png"}}}]
-    """)
-    )
+    case = _image_case_with_addon(tmp_path, "crashers:Hangs")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     parent = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", str(case), "--report-dir", str(tmp_path / "r")],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..capture import FirstLogits, build_capture
+from ..capture import capture_first_token
 from ..cases import CaseSpec
 from ..records import Capture
 from . import SessionOptions
@@ -56,8 +56,6 @@ class NativeSession:
         from mlx_vlm.generate import generate_step
         from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
-        from .. import probes
-
         images = [str(p) for p in case.image_files] or None
         prompt = self.render_prompt(case)
         image_token_id = getattr(self.model.config, "image_token_id", None)
@@ -72,9 +70,11 @@ class NativeSession:
         input_ids = inputs.pop("input_ids")
         pixel_values = inputs.pop("pixel_values", None)
         mask = inputs.pop("attention_mask", None)
-        first_logits = FirstLogits()
-        with probes.install(self.model, self.model_type, self.layer_probes) as recording:
-            steps = generate_step(
+        return capture_first_token(
+            self,
+            case.id,
+            input_ids,
+            lambda processors: generate_step(
                 input_ids,
                 self.model,
                 pixel_values,
@@ -82,19 +82,9 @@ class NativeSession:
                 max_tokens=1,
                 temperature=0.0,
                 prefill_step_size=case.prefill_step_size,
-                logits_processors=[first_logits],
+                logits_processors=processors,
                 **inputs,
-            )
-            next(steps)
-            steps.close()
-        return build_capture(
-            self.name,
-            case.id,
-            input_ids,
-            recording,
-            first_logits.logits,
-            self.provenance,
-            probes.layer_tree(self.model),
+            ),
         )
 
     def close(self) -> None:

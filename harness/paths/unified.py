@@ -8,7 +8,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from ..capture import FirstLogits, build_capture
+from ..capture import capture_first_token
 from ..cases import CaseSpec
 from ..records import Capture
 from . import PathError, SessionOptions
@@ -69,8 +69,6 @@ class PlainTextSession:
         import mlx.core as mx
         from mlx_lm.generate import generate_step
 
-        from .. import probes
-
         clear = getattr(self.addon, "clear_prediction_state", None)
         if callable(clear):
             clear(self.model)
@@ -79,26 +77,18 @@ class PlainTextSession:
             case, prompt_tokens.count(self.image_token_id), self.image_token_id
         )
         input_ids, embeddings = self.embeddings(case, mx.array(prompt_tokens))
-        first_logits = FirstLogits()
-        with probes.install(self.model, self.model_type, self.layer_probes) as recording:
-            steps = generate_step(
+        return capture_first_token(
+            self,
+            case.id,
+            input_ids,
+            lambda processors: generate_step(
                 input_ids,
                 self.model,
                 max_tokens=1,
                 prefill_step_size=case.prefill_step_size,
                 input_embeddings=embeddings,
-                logits_processors=[first_logits],
-            )
-            next(steps)
-            steps.close()
-        return build_capture(
-            self.name,
-            case.id,
-            input_ids,
-            recording,
-            first_logits.logits,
-            self.provenance,
-            probes.layer_tree(self.model),
+                logits_processors=processors,
+            ),
         )
 
     def close(self) -> None:
