@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from harness.bench import harness_command, measure, overhead_suite, write_cases
+from harness.bench import harness_command, measure, overhead_pair, overhead_suite, write_cases
 
 IMAGE = ROOT / "cases" / "images" / "red_square_400x300.png"
 TARGETS = {
@@ -67,24 +67,17 @@ def test_overhead_tiny(benchmark, tmp_path):
     assert not unexplained, f"targets missed: {unexplained} (all results: {results})"
 
 
-def _can_run_realistic_forward() -> str | None:
-    import mlx.core as mx
-
-    if os.environ.get("MLX_PARITY_BENCH_REALISTIC_FORWARD") == "1":
-        return None
-    if mx.metal.is_available():
-        return None
-    return (
-        "4-bit e2b forward passes on the MLX CPU backend take over 600 s per path for "
-        "one image prompt (4-bit matmul ~16x slower than bf16 here); run on Metal or set "
-        "MLX_PARITY_BENCH_REALISTIC_FORWARD=1"
-    )
+@pytest.fixture(scope="module")
+def e2b_env(tmp_path_factory):
+    """A fresh checkpoint cache: the build is measured from nothing, then reused."""
+    cache = tmp_path_factory.mktemp("e2b-cache")
+    yield {**os.environ, "MLX_PARITY_CACHE": str(cache)}
+    shutil.rmtree(cache)
 
 
-def test_realistic_preset_build_and_load(benchmark, tmp_path):
+def test_realistic_preset_build_and_load(benchmark, tmp_path, e2b_env):
     """Build the e2b preset from nothing (streamed to shards), then load both paths."""
-    cache = tmp_path / "cache"
-    env = {**os.environ, "MLX_PARITY_CACHE": str(cache)}
+    env = e2b_env
     build = measure(
         [
             sys.executable,
@@ -117,30 +110,49 @@ def test_realistic_preset_build_and_load(benchmark, tmp_path):
             "checkpoint_gb": size_gb,
             "load_s": json.loads(load.stdout.strip().splitlines()[-1]),
             "load_peak_rss_mb": load.peak_rss_mb,
-            "forward_skipped": _can_run_realistic_forward() or "",
         }
     )
     assert size_gb > 2.0  # E2B dimensions at 4 bits
     # Bounded: well under the ~9 GB a full-precision E2B would take.
     assert build.peak_rss_mb < 8 * 1024
-    shutil.rmtree(cache)
 
 
-@pytest.mark.skipif(
-    _can_run_realistic_forward() is not None, reason=_can_run_realistic_forward() or ""
-)
-def test_overhead_realistic(benchmark, tmp_path):
-    template = _case(tmp_path, {"preset": "e2b", "logit_scale": 4.0})
-    one = write_cases(template, tmp_path / "bench", 1)
-    results = overhead_suite(template, tmp_path, rounds=1, copies=2)
-    benchmark.extra_info.update({"preset": "e2b", **results})
-    benchmark.pedantic(
-        measure, args=(harness_command(one, tmp_path / "bench-report"),), rounds=1, iterations=1
+def test_overhead_realistic(benchmark, tmp_path, e2b_env):
+    """e2b preset: harness vs bare on a short text prompt. On the MLX CPU backend a 4-bit
+    e2b forward pass takes ~100 s per path for 12 tokens (an image prompt: > 10 min), so
+    only this pair of runs fits the bench budget here; the marginal-case and probe ratios
+    are measured on the tiny preset."""
+    template = tmp_path / "e2b_text.yaml"
+    template.write_text(
+        textwrap.dedent("""
+        model: {synth: gemma4, options: {preset: e2b, logit_scale: 4.0}}
+        addon: gemma4
+        profile: exact
+        messages: [{role: user, content: Hi}]
+    """)
     )
-    limits = {**TARGETS, "overhead_ratio": 1.10}
+    # The build benchmark normally left the checkpoint in this cache; never time a build.
+    measure(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "synth",
+            "gemma4",
+            "-o",
+            "preset=e2b",
+            "-o",
+            "logit_scale=4.0",
+        ],
+        env=e2b_env,
+    )
+    results = benchmark.pedantic(
+        overhead_pair, args=(template, tmp_path, e2b_env), rounds=1, iterations=1
+    )
+    benchmark.extra_info.update({"preset": "e2b", **results})
     missed = {
         k: results[k]
-        for k in ("overhead_ratio", "marginal_ratio", "rss_ratio")
-        if results[k] > limits[k]
+        for k, limit in {"overhead_ratio": 1.10, "rss_ratio": 1.15}.items()
+        if results[k] > limit
     }
     assert not missed, f"targets missed: {missed} (all results: {results})"

@@ -3,7 +3,7 @@ script that only loads both paths and runs their forward passes, in the same pro
 layout as `mlx-parity run` (one spawned worker per model group). The pytest-benchmark
 module in benchmarks/ stays thin and calls these.
 
-    python -m harness.bench bare CASE.yaml [--only PATH] [--repeat N]
+    python -m harness.bench bare CASE.yaml [--only PATH] [--repeat N] [--load-only]
 """
 
 from __future__ import annotations
@@ -290,4 +290,23 @@ def overhead_suite(template: Path, workdir: Path, rounds: int, copies: int) -> d
         "largest_path_alone_rss_mb": largest_alone,
         "rss_ratio": m["harness"].peak_rss_mb / largest_alone,
         "report_kb_per_case": report_bytes(workdir / "rn") / 1024 / copies,
+    }
+
+
+def overhead_pair(
+    template: Path, workdir: Path, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """The two ratios affordable where forward passes take minutes: one harness run
+    against one bare run. The bare worker loads the two paths one after the other, so its
+    peak RSS is that of the larger path alone."""
+    one = write_cases(template, workdir / "one", 1)
+    harness = measure(harness_command(one, workdir / "r1", "--timeout", "3600"), env=env)
+    bare = measure(bare_command(one[0]), env=env)
+    return {
+        "harness_wall_s": harness.wall_s,
+        "bare_wall_s": bare.wall_s,
+        "overhead_ratio": harness.wall_s / bare.wall_s,
+        "harness_peak_rss_mb": harness.peak_rss_mb,
+        "largest_path_alone_rss_mb": bare.peak_rss_mb,
+        "rss_ratio": harness.peak_rss_mb / bare.peak_rss_mb,
     }
