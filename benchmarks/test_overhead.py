@@ -20,6 +20,18 @@ from conftest import ROOT
 from harness.bench import harness_command, measure, overhead_pair, overhead_suite, write_cases
 
 IMAGE = ROOT / "cases" / "images" / "red_square_400x300.png"
+# Build (or find in the cache) the realistic preset; prints the checkpoint directory.
+E2B_SYNTH = [
+    sys.executable,
+    "-m",
+    "harness",
+    "synth",
+    "gemma4",
+    "-o",
+    "preset=e2b",
+    "-o",
+    "logit_scale=4.0",
+]
 TARGETS = {
     "overhead_ratio": 1.25,  # tiny preset
     "marginal_ratio": 1.15,
@@ -78,20 +90,7 @@ def e2b_env(tmp_path_factory):
 def test_realistic_preset_build_and_load(benchmark, tmp_path, e2b_env):
     """Build the e2b preset from nothing (streamed to shards), then load both paths."""
     env = e2b_env
-    build = measure(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "synth",
-            "gemma4",
-            "-o",
-            "preset=e2b",
-            "-o",
-            "logit_scale=4.0",
-        ],
-        env=env,
-    )
+    build = measure(E2B_SYNTH, env=env)
     checkpoint = Path(build.stdout.strip().splitlines()[-1])
     size_gb = sum(p.stat().st_size for p in checkpoint.iterdir()) / 2**30
     template = _case(tmp_path, {"preset": "e2b", "logit_scale": 4.0})
@@ -132,20 +131,7 @@ def test_overhead_realistic(benchmark, tmp_path, e2b_env):
     """)
     )
     # The build benchmark normally left the checkpoint in this cache; never time a build.
-    measure(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "synth",
-            "gemma4",
-            "-o",
-            "preset=e2b",
-            "-o",
-            "logit_scale=4.0",
-        ],
-        env=e2b_env,
-    )
+    measure(E2B_SYNTH, env=e2b_env)
     results = benchmark.pedantic(
         overhead_pair, args=(template, tmp_path, e2b_env), rounds=1, iterations=1
     )
