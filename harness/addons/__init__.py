@@ -11,10 +11,10 @@ A built-in module names its class `AddOn`.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 
 from ..paths import PathError, import_object
+from ..registry import find_module
 
 ALIASES: dict[str, str] = {"gemma4_text": "gemma4"}
 REQUIRED_METHODS = ("compute_embeddings",)
@@ -24,8 +24,11 @@ class AddOnError(PathError):
     field = "addon"
 
 
-def _module_name(name: str) -> str:
-    return f"{__name__}.{ALIASES.get(name, name)}"
+def _no_builtin(name: str) -> AddOnError:
+    return AddOnError(
+        f"no built-in add-on {name!r} (expected harness/addons/"
+        f"{ALIASES.get(name, name)}.py); or give 'module:Class'"
+    )
 
 
 def check_addon_name(name: str, model_type: str) -> None:
@@ -33,7 +36,8 @@ def check_addon_name(name: str, model_type: str) -> None:
     mlx-lm and mlx-vlm; the worker that runs it imports it). Contract checks happen there."""
     if name == "auto":
         name = model_type
-    module_name = name.partition(":")[0] if ":" in name else _module_name(name)
+    builtin = f"{__name__}.{ALIASES.get(name, name)}"
+    module_name = name.partition(":")[0] if ":" in name else builtin
     try:
         found = importlib.util.find_spec(module_name) is not None
     except (ImportError, ValueError) as exc:
@@ -46,10 +50,7 @@ def check_addon_name(name: str, model_type: str) -> None:
             f"No module named {module_name!r}"
         )
     if not found:
-        raise AddOnError(
-            f"no built-in add-on {name!r} (expected harness/addons/"
-            f"{ALIASES.get(name, name)}.py); or give 'module:Class'"
-        )
+        raise _no_builtin(name)
 
 
 def resolve_addon(name: str, model_type: str) -> type:
@@ -62,16 +63,9 @@ def resolve_addon(name: str, model_type: str) -> type:
         except PathError as exc:
             raise AddOnError(f"add-on {exc}") from None
     else:
-        module_name = f"{__name__}.{ALIASES.get(name, name)}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            raise AddOnError(
-                f"no built-in add-on {name!r} (expected harness/addons/"
-                f"{ALIASES.get(name, name)}.py); or give 'module:Class'"
-            ) from None
+        module = find_module(__name__, name, ALIASES)
+        if module is None:
+            raise _no_builtin(name)
         addon = module.AddOn
     missing = [m for m in REQUIRED_METHODS if not callable(getattr(addon, m, None))]
     if not isinstance(addon, type) or missing:

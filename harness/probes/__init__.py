@@ -9,12 +9,13 @@ by `model_type`, so a new architecture adds a file and touches nothing here.
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
+
+from ..registry import find_module
 
 ALIASES: dict[str, str] = {"gemma4_text": "gemma4"}
 
@@ -104,14 +105,8 @@ def wrap_method(owner: Any, name: str, before: Callable[..., None]) -> Iterator[
 
 def architecture_taps(model_type: str) -> Callable[[Any, Recording], Any] | None:
     """The `taps(model, recording)` context manager of an architecture, if it has one."""
-    name = ALIASES.get(model_type, model_type)
-    try:
-        module = importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":
-            raise
-        return None
-    return module.taps
+    module = find_module(__name__, model_type, ALIASES)
+    return None if module is None else module.taps
 
 
 @contextlib.contextmanager

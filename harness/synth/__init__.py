@@ -7,7 +7,6 @@ model of the build options) and `build(spec, out_dir)`; nothing here changes.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from ..provenance import library_versions
+from ..registry import find_module
 
 # model_type spellings that share a synthesizer module.
 ALIASES: dict[str, str] = {"gemma4_text": "gemma4"}
@@ -30,15 +30,13 @@ class UnknownSynthesizerError(LookupError):
 
 
 def synthesizer(model_type: str) -> ModuleType:
-    name = ALIASES.get(model_type, model_type)
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":
-            raise
+    module = find_module(__name__, model_type, ALIASES)
+    if module is None:
+        name = ALIASES.get(model_type, model_type)
         raise UnknownSynthesizerError(
             f"no synthesizer for model_type {model_type!r} (expected harness/synth/{name}.py)"
-        ) from None
+        )
+    return module
 
 
 def cache_root() -> Path:
