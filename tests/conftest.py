@@ -4,6 +4,8 @@ starts from nothing exactly as a fresh clone does; heavy runs are session-scoped
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,16 @@ def verdict_of(run, case_id: str):
     matches = [v for v in run.verdicts if v.case_id == case_id]
     assert len(matches) == 1, f"{case_id}: {len(matches)} verdicts"
     return matches[0]
+
+
+def run_cli(*args: object, pythonpath: Path) -> subprocess.CompletedProcess:
+    """`python -m harness ...` in a fresh process, with `pythonpath` importable."""
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

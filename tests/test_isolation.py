@@ -9,7 +9,7 @@ import textwrap
 
 import pandas as pd
 import pytest
-from conftest import CASES, ROOT
+from conftest import CASES, ROOT, run_cli
 
 from harness.cases import load_case
 from harness.records import Status
@@ -96,25 +96,15 @@ def test_sigterm_leaves_a_report_of_finished_cases_marked_incomplete(tmp_path):
     """)
     )
     cancelled = _image_case_with_addon(tmp_path, "crashers:SendsSigterm")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "run",
-            str(first),
-            str(cancelled),
-            "--isolation",
-            "none",
-            "--report-dir",
-            str(tmp_path / "r"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "run",
+        first,
+        cancelled,
+        "--isolation",
+        "none",
+        "--report-dir",
+        tmp_path / "r",
+        pythonpath=ROOT / "tests",
     )
     assert result.returncode == 130, result.stdout + result.stderr
     frame = pd.read_parquet(tmp_path / "r" / "parity.parquet")

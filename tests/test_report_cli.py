@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pandas as pd
 import pytest
-from conftest import CASES, ROOT
+from conftest import CASES, ROOT, run_cli
 
 from harness.cli import main
 from harness.report import markdown, to_frame, write_reports
@@ -120,15 +117,7 @@ def test_addon_from_another_package_through_the_cli(tmp_path):
     """)
     )
     case = _case(tmp_path, "external", "addon: 'engine_addons.gemma4_vision:Gemma4VisionAddOn'\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(case), "--report-dir", str(tmp_path / "r")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli("run", case, "--report-dir", tmp_path / "r", pythonpath=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     frame = pd.read_parquet(tmp_path / "r" / "parity.parquet")
     assert (frame.status == "pass").all() and (frame.value == 0).all()
