@@ -222,12 +222,14 @@ if __name__ == "__main__":
 
 
 def write_cases(template: Path, directory: Path, copies: int) -> list[Path]:
-    """`copies` case files including `template` (absolute include), distinct ids."""
+    """`copies` of a self-contained `template` case, distinct ids. Copies, not includes:
+    `include:` may not leave a case's own directory without --allow-include."""
     directory.mkdir(parents=True, exist_ok=True)
+    body = template.read_text()
     files = []
     for index in range(copies):
         path = directory / f"case_{index}.yaml"
-        path.write_text(f"include: {template.resolve()}\nid: copy-{index}\n")
+        path.write_text(f"id: copy-{index}\n{body}")
         files.append(path)
     return files
 

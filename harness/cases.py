@@ -1,51 +1,51 @@
-"""Case files: YAML (safe_load) validated into frozen, typed CaseSpec objects.
+"""Case files: YAML validated into frozen, typed CaseSpec objects.
 
-A file may `include:` other files (paths relative to it); included mappings are merged
-first and the file's own keys win. Files whose name starts with `_` are shared bases and
-are not cases themselves when a directory is scanned. Errors name the file and the field.
+Case files are data, possibly from an untrusted pull request: reading them (regular files
+only, size-capped, UTF-8, no aliases or duplicate keys, includes confined to the cases
+root) lives in `case_yaml`. A file may `include:` other files (paths relative to it);
+included mappings are merged first and the file's own keys win. Files whose name starts
+with `_` are shared bases and are not cases themselves when a directory is scanned. Errors
+are one line naming the file and the field.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .case_yaml import CaseError, IncludeResolver, open_regular, safe_key, scrub, valid_id
 from .checks import CheckSpec
 from .profiles import PROFILES, Profile
 from .records import STAGE_ORDER
 
+# Above this many pixels an image is refused before decoding (3000x2000 photos, 6 MP, and
+# 8K frames, 33 MP, are fine); PIL's own decompression-bomb limit is higher.
+MAX_IMAGE_PIXELS = 50_000_000
 
-def _one_line(text: str) -> str:
-    """Escape control characters (newlines included), keep everything else readable."""
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_OBJECT_NAME = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}")
 
 
-class CaseError(ValueError):
-    """A case that cannot run; `str()` is one line naming file and field."""
+def _registry_name(value: str) -> str:
+    """Names reach importlib: a registry name is one plain word, anything else is
+    'package.module:Class' made of identifiers (no '../x', no 'a.b' lookups)."""
+    if ":" in value:
+        if len(value) > 200 or not _OBJECT_NAME.fullmatch(value):
+            raise ValueError("must be 'package.module:Class' (dotted identifiers)")
+    elif not _PLAIN_NAME.fullmatch(value):
+        raise ValueError("must be a registry name (letters, digits, _ and -) or 'module:Class'")
+    return value
 
-    def __init__(
-        self, source: Path | str, message: str, case_id: str | None = None, field: str | None = None
-    ) -> None:
-        self.source = str(source)
-        self.case_id = case_id or Path(source).stem
-        # One line, always: field names and messages can come from arbitrary YAML keys.
-        field = _one_line(field) if field else field
-        message = _one_line(message)
-        self.field = field
-        self.message = message
-        where = f"{self.source}: {field}: " if field else f"{self.source}: "
-        super().__init__(where + message)
 
-    def during(self, activity: str) -> str:
-        """One line naming file and field, with what was being done when it was found."""
-        where = f"{self.source}: {self.field}: " if self.field else f"{self.source}: "
-        return f"{where}{activity}: {self.message}"
+RegistryName = Annotated[str, AfterValidator(_registry_name)]
 
 
 class _Strict(BaseModel):
@@ -88,12 +88,12 @@ class Message(_Strict):
 
 
 class PathPair(_Strict):
-    reference: str = "mlx-vlm"
-    candidate: str = "unified"
+    reference: RegistryName = "mlx-vlm"
+    candidate: RegistryName = "unified"
 
 
 class CaseSpec(_Strict):
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    id: str = Field(min_length=1, max_length=128)
     source: str
     description: str = ""
     model: ModelSpec
@@ -102,11 +102,21 @@ class CaseSpec(_Strict):
     prefill_step_size: int = Field(2048, ge=1)
     max_size: tuple[int, int] | None = None
     paths: PathPair = PathPair()
-    addon: str = Field("auto", description="add-on registry name, 'module:Class', or auto")
+    addon: RegistryName = Field("auto", description="registry name, 'module:Class', or auto")
     profile: Literal["exact", "image"] | None = None
     tolerances: dict[str, list[CheckSpec]] = Field(default_factory=dict)
     markers: list[str] = Field(default_factory=list)
     trust_remote_code: bool = False
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_a_file_name(cls, value: str) -> str:
+        # Ids become file names (--keep-tensors writes captures/<id>/).
+        if not valid_id(value):
+            raise ValueError(
+                "must be letters, digits, _ - and ., not start with . or -, and not contain .."
+            )
+        return value
 
     @field_validator("tolerances", mode="before")
     @classmethod
@@ -118,9 +128,10 @@ class CaseSpec(_Strict):
     @field_validator("tolerances")
     @classmethod
     def _known_stages(cls, value: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(value) - set(STAGE_ORDER))
+        unknown = sorted({safe_key(k) for k in set(value) - set(STAGE_ORDER)})
         if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGE_ORDER)}")
+            known = ", ".join(STAGE_ORDER)
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages are {known}")
         return value
 
     @property
@@ -144,44 +155,67 @@ class CaseSpec(_Strict):
             if isinstance(item, kind)
         ]
 
-    def resolve_image(self, name: str) -> Path:
+    def resolve_image(self, name: str, field: str = "messages") -> Path:
         path = Path(name)
         if path.is_absolute():
             return path
-        resolved = (self.base_dir / path).resolve()
+        try:
+            resolved = (self.base_dir / path).resolve()
+        except (OSError, ValueError, RuntimeError):  # NUL in the name, symlink loop
+            raise CaseError(self.source, "not a usable file name", self.id, field) from None
         if not resolved.is_relative_to(self.base_dir):
             raise CaseError(
                 self.source,
                 f"image {name!r} escapes {self.base_dir}; give an "
                 "absolute path to use a file elsewhere",
                 self.id,
-                "messages",
+                field,
             )
         return resolved
 
-    def check_images(self) -> None:
-        """Every image exists and decodes; errors name the exact field."""
-        from PIL import Image, UnidentifiedImageError
-
+    def check_images(self, *, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+        """Every image is a regular file that decodes, with at most `max_pixels` pixels
+        (`MAX_IMAGE_PIXELS`, 50 MP: 3000x2000 photos and 8K frames are fine). The size comes
+        from the header: a larger image is refused without decoding it. Errors name the
+        exact field (`messages.I.content.J.image`)."""
         for i, message in enumerate(self.messages):
             if isinstance(message.content, str):
                 continue
             for j, item in enumerate(message.content):
-                if not isinstance(item, ImageItem):
-                    continue
-                field = f"messages.{i}.content.{j}.image"
-                path = self.resolve_image(item.image)
-                try:
-                    with Image.open(path) as image:
-                        image.verify()
-                except FileNotFoundError:
-                    raise CaseError(
-                        self.source, f"image {path} not found", self.id, field
-                    ) from None
-                except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-                    raise CaseError(
-                        self.source, f"{path} is not a readable image: {exc}", self.id, field
-                    ) from None
+                if isinstance(item, ImageItem):
+                    field = f"messages.{i}.content.{j}.image"
+                    self._check_image(self.resolve_image(item.image, field), field, max_pixels)
+
+    def _check_image(self, path: Path, field: str, max_pixels: int) -> None:
+        from PIL import Image, UnidentifiedImageError
+
+        def error(message: str) -> CaseError:
+            return CaseError(self.source, message, self.id, field)
+
+        try:
+            with warnings.catch_warnings():
+                # PIL only warns between its limit and twice it: make that an error too.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with open_regular(path) as stream, Image.open(stream) as image:
+                    width, height = image.size
+                    if width * height > max_pixels:
+                        raise error(
+                            f"image {path} is {width}x{height}, above the limit of "
+                            f"{max_pixels} pixels"
+                        )
+                    image.verify()
+        except CaseError:
+            raise
+        except FileNotFoundError:
+            raise error(f"image {path} not found") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise error(f"image {path} is above the pixel limit (decompression bomb)") from None
+        except UnidentifiedImageError:
+            raise error(f"{path} is not a readable image (unknown format)") from None
+        except OSError as exc:
+            raise error(f"{path} is not a readable image: {exc.strerror or exc}") from None
+        except Exception as exc:  # whatever a decoder raises on a hostile file
+            raise error(f"{path} is not a readable image: {scrub(str(exc))}") from None
 
     def template_messages(self) -> list[dict[str, Any]]:
         """Messages as chat templates expect them (image items carry only their type)."""
@@ -215,50 +249,6 @@ class CaseSpec(_Strict):
         return json.dumps(self.model.model_dump(mode="json"), sort_keys=True)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise CaseError(path, f"cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise CaseError(path, f"malformed YAML{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise CaseError(path, f"top level must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _resolve_includes(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if path.resolve() in seen:
-        raise CaseError(path, f"include cycle through {path.name}", field="include")
-    data = _read_yaml(path)
-    includes = data.pop("include", [])
-    includes = [includes] if isinstance(includes, str) else includes
-    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
-        raise CaseError(path, "must be a file name or a list of file names", field="include")
-    merged: dict[str, Any] = {}
-    for name in includes:
-        try:
-            included = _resolve_includes(path.parent / name, (*seen, path.resolve()))
-        except CaseError as exc:
-            # Name the file the user ran, and the include that failed.
-            raise CaseError(path, f"{name}: {exc.message}", field="include") from None
-        merged = _merge(merged, included)
-    return _merge(merged, data)
-
-
 def _discriminator_values(annotated: Any) -> set[str]:
     union, info = get_args(annotated)[:2]
     return {get_args(m.model_fields[info.discriminator].annotation)[0] for m in get_args(union)}
@@ -275,61 +265,97 @@ def _field_name(location: tuple[Any, ...]) -> str:
         # Smart-union branches are reported by type name ('SynthModel', 'str', 'list[...]').
         is_branch = isinstance(part, str) and (part[:1].isupper() or "[" in part or part == "str")
         if not (is_tag or is_branch):
-            parts.append(str(part))
+            parts.append(safe_key(part))  # keys come from the data: never echo odd ones
     return ".".join(parts) or "(top level)"
 
 
-def load_case(path: Path) -> CaseSpec:
-    data = _resolve_includes(path)
+def load_case(
+    path: Path, *, include_roots: Sequence[Path] = (), root: Path | None = None
+) -> CaseSpec:
+    """One case file. It and its includes must resolve inside `root` (default: the file's
+    directory) or one of `include_roots`."""
+    data = IncludeResolver([path.parent if root is None else root, *include_roots]).load(path)
     data.setdefault("id", path.stem)
     data["source"] = str(path)
+    case_id = data["id"] if isinstance(data["id"], str) else None
     try:
         return CaseSpec.model_validate(data)
     except ValidationError as exc:
         # The deepest location is the most specific one (union branches report shallower).
         first = max(exc.errors(), key=lambda e: len(e["loc"]))
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise CaseError(
-            path, first["msg"] + more, str(data.get("id")), _field_name(first["loc"])
-        ) from None
+        message = scrub(first["msg"]) + more
+        raise CaseError(path, message, case_id, _field_name(first["loc"])) from None
 
 
-def discover(targets: Iterable[Path]) -> list[Path]:
-    """Case files named directly, or the non-underscore *.yaml/*.yml files of directories."""
+def _shown(target: Path) -> str:
+    text = str(target)
+    return text if target.is_absolute() or text.startswith(".") else f"./{text}"
+
+
+def discover(targets: Iterable[Path], errors: list[CaseError] | None = None) -> list[Path]:
+    """Case files named directly, or the non-underscore *.yaml/*.yml files of directories.
+    A missing target or an empty directory is an error for that target: appended to
+    `errors` when given (the other targets still count), raised otherwise."""
     files: list[Path] = []
     for target in targets:
-        if target.is_dir():
-            found = sorted(
-                p
-                for p in target.iterdir()
-                if p.suffix in (".yaml", ".yml") and not p.name.startswith("_")
-            )
-            if not found:
-                raise CaseError(target, "directory holds no case files (*.yaml)")
-            files.extend(found)
-        else:
-            files.append(target)
+        try:
+            files.extend(_discover_one(target))
+        except CaseError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
     return files
 
 
-def load_cases(targets: Iterable[Path]) -> tuple[list[CaseSpec], list[CaseError]]:
-    """Every loadable case and one error per file that is not; ids must be unique."""
+def _discover_one(target: Path) -> list[Path]:
+    try:
+        is_dir = os.path.isdir(target)
+        exists = is_dir or os.path.lexists(target)
+    except ValueError:  # NUL in the name
+        exists = is_dir = False
+    if not exists:
+        # Run outside the repository with no argument: "looked in ./cases".
+        raise CaseError(target, f"no cases found (looked in {_shown(target)})")
+    if not is_dir:
+        return [target]
+    try:
+        found = sorted(
+            p
+            for p in target.iterdir()
+            if p.suffix in (".yaml", ".yml") and not p.name.startswith("_")
+        )
+    except OSError as exc:
+        raise CaseError(target, f"cannot list directory: {exc.strerror or exc}") from None
+    if not found:
+        raise CaseError(target, "directory holds no case files (*.yaml)")
+    return found
+
+
+def load_cases(
+    targets: Iterable[Path], *, include_roots: Sequence[Path] = ()
+) -> tuple[list[CaseSpec], list[CaseError]]:
+    """Every loadable case and one error per file (or target) that is not; ids must be
+    unique. Includes stay inside the cases root (a directory target, or a file target's
+    directory) unless `include_roots` (`--allow-include DIR`) widens it."""
     cases: list[CaseSpec] = []
     errors: list[CaseError] = []
     seen: dict[str, str] = {}
-    for path in discover(targets):
-        try:
-            case = load_case(path)
-        except CaseError as exc:
-            errors.append(exc)
-            continue
-        if case.id in seen:
-            errors.append(
-                CaseError(
-                    path, f"duplicate id {case.id!r} (also in {seen[case.id]})", case.id, "id"
-                )
-            )
-            continue
-        seen[case.id] = case.source
-        cases.append(case)
+    for target in targets:
+        for path in discover([target], errors):
+            root = target if os.path.isdir(target) else target.parent
+            try:
+                case = load_case(path, include_roots=include_roots, root=root)
+            except CaseError as exc:
+                errors.append(exc)
+                continue
+            except Exception as exc:  # a case file is data: never abort the other cases
+                errors.append(CaseError(path, f"cannot load ({type(exc).__name__})"))
+                continue
+            if case.id in seen:
+                message = f"duplicate id {case.id!r} (also in {seen[case.id]})"
+                errors.append(CaseError(path, message, case.id, "id"))
+                continue
+            seen[case.id] = case.source
+            cases.append(case)
     return cases, errors

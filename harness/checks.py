@@ -2,7 +2,7 @@
 
 A case names a check by its `check:` key; the pydantic spec classes validate parameters
 and `.build()` the comparator. Every metric carries the tolerance that *would* have passed.
-Shape mismatches and non-finite values are caught once, in `_guarded`, for every check.
+Shape mismatches and non-finite values are caught once, in `guard`, for every check.
 """
 
 from __future__ import annotations
@@ -55,28 +55,32 @@ def ulp(values: np.ndarray, dtype: str) -> np.ndarray:
     return np.exp2(exponent - mantissa)
 
 
+def guard(reference: np.ndarray, test: np.ndarray) -> Metric | None:
+    """What every check would report instead of comparing: a shape mismatch or any NaN/Inf
+    (failed), or empty arrays (trivially equal). None when the arrays can be compared.
+    compare.py reports it once per stage, whatever the number of checks there."""
+    if reference.shape != test.shape:
+        detail = f"shape {tuple(test.shape)} vs reference {tuple(reference.shape)}"
+        return Metric("shape", 1.0, 0.0, False, float("nan"), detail)
+    bad = _count_nonfinite(reference) + _count_nonfinite(test)
+    if bad:
+        detail = (
+            f"non-finite values: reference {_count_nonfinite(reference)}, "
+            f"test {_count_nonfinite(test)}"
+        )
+        return Metric("non_finite", float(bad), 0.0, False, float("nan"), detail)
+    if reference.size == 0:
+        return Metric("size", 0.0, 0.0, True, 0.0, "empty arrays")
+    return None
+
+
 def _guarded(comparator: Comparator) -> Comparator:
     """Fail on shape mismatch or any NaN/Inf before the comparator sees the arrays."""
 
     @functools.wraps(comparator)
     def guarded(reference: np.ndarray, test: np.ndarray, dtype: str) -> list[Metric]:
-        if reference.shape != test.shape:
-            detail = f"shape {tuple(test.shape)} vs reference {tuple(reference.shape)}"
-            return [Metric("shape", 1.0, 0.0, False, float("nan"), detail)]
-        bad = sum(
-            int(np.size(a) - np.isfinite(a).sum())
-            for a in (reference, test)
-            if np.issubdtype(a.dtype, np.floating)
-        )
-        if bad:
-            detail = (
-                f"non-finite values: reference {_count_nonfinite(reference)}, "
-                f"test {_count_nonfinite(test)}"
-            )
-            return [Metric("non_finite", float(bad), 0.0, False, float("nan"), detail)]
-        if reference.size == 0:
-            return [Metric("size", 0.0, 0.0, True, 0.0, "empty arrays")]
-        return comparator(reference, test, dtype)
+        stop = guard(reference, test)
+        return [stop] if stop is not None else comparator(reference, test, dtype)
 
     return guarded
 

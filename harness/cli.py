@@ -1,6 +1,4 @@
-"""`mlx-parity` command line: run, list, synth. Exit 0 all pass, 1 a check failed or a case
-errored at run time, 2 bad usage or a bad case file, 130 interrupted (the report then holds
-the cases that finished, marked incomplete)."""
+"""`mlx-parity` command line: run, list, synth. See `mlx-parity run --help` for exit codes."""
 
 from __future__ import annotations
 
@@ -8,13 +6,14 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 # Heavy imports live inside the commands: `run` first starts a worker, which imports the
 # MLX stack while this process parses the cases.
 DEFAULT_CASES = Path("cases")
 DEFAULT_REPORT_DIR = Path("reports/latest")
-STATUS_STYLE = {"pass": "green", "fail": "bold red", "error": "red", "skip": "yellow"}
+MAX_IMAGE_PIXELS = 50_000_000  # harness.cases.MAX_IMAGE_PIXELS (not imported: it is heavy)
 
 
 def _interrupt_on_sigterm() -> None:
@@ -34,64 +33,96 @@ def _warm_report_imports() -> None:
     import pyarrow.parquet  # noqa: F401
 
 
+EXIT_CODES = """exit codes:
+  0    every selected case was compared and passed (skips allowed unless --strict)
+  1    a check failed, a case errored at run time, or (--strict) a case was skipped
+  2    bad usage, a bad case file or argument, or an unusable report directory
+       (other cases still run and are reported)
+  5    no case was compared (all skipped, or none selected), like pytest's 5
+  130  interrupted (SIGINT/SIGTERM): the report holds the finished cases, marked incomplete
+"""
+
+
+def _select(cases: list, errors: list, args: argparse.Namespace) -> tuple[list, list]:
+    from .select import keyword_matches, marker_matches
+
+    if args.keyword:
+        cases = [c for c in cases if keyword_matches(args.keyword, c.id)]
+        errors = [e for e in errors if keyword_matches(args.keyword, e.case_id)]
+    if args.marker:
+        cases = [c for c in cases if marker_matches(args.marker, c.markers)]
+    return cases, errors
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .policy import ImportPolicy
+    from .report import check_report_dir
+
+    problem = check_report_dir(args.report_dir, junit=args.junit)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    imports = ImportPolicy.from_sources(args.allow_import)
     if args.isolation == "process":
         from . import worker
 
         worker.prestart()
-    from rich.console import Console
-
     from .cases import load_cases
+    from .console import Progress, print_table
     from .runner import RunOptions, run_cases
 
-    out, err = Console(), Console(stderr=True)
-    cases, errors = load_cases(args.cases or [DEFAULT_CASES])
+    cases, errors = load_cases(args.cases or [DEFAULT_CASES], **_load_options(args))
+    cases, errors = _select(cases, errors, args)
     threading.Thread(target=_warm_report_imports, daemon=True).start()
-    with err.status("starting") as status:
+    options = RunOptions(
+        layer_probes=not args.no_layer_probes,
+        keep_tensors=args.report_dir / "captures" if args.keep_tensors else None,
+        isolation=args.isolation,
+        timeout=args.timeout,
+        imports=imports,
+        trust_remote_code=args.trust_remote_code,
+        strict=args.strict,
+        max_image_pixels=args.max_image_pixels,
+    )
+    progress = Progress()
+    _interrupt_on_sigterm()
+    _report_in_progress(args)
+    if progress.interactive:
+        from rich.console import Console
 
-        def observe(event: str, message: str) -> None:
-            if event == "verdict":
-                err.log(message)
-            else:
-                status.update(f"{event}: {message}")
-
-        options = RunOptions(
-            layer_probes=not args.no_layer_probes,
-            keep_tensors=args.report_dir / "captures" if args.keep_tensors else None,
-            isolation=args.isolation,
-            timeout=args.timeout,
-        )
-        _interrupt_on_sigterm()
-        result = run_cases(cases, errors, observe, options)
+        with Console(stderr=True).status("starting") as status:
+            progress.status = status
+            result = run_cases(cases, errors, progress, options)
+        progress.status = None
+    else:
+        result = run_cases(cases, errors, progress, options)
     from .report import write_reports
 
     outputs = write_reports(result, args.report_dir, args.junit, args.figures)
-
-    _print_verdicts(out, result.verdicts)
-    out.print(f"report: {outputs['parquet']} (+ csv, md, junit: {outputs['junit']})")
+    if progress.interactive:
+        print_table(result.verdicts)
+    counts = ", ".join(
+        f"{sum(v.status.value == s for v in result.verdicts)} {s}"
+        for s in ("pass", "fail", "error", "skip")
+    )
+    print(f"{counts} in {time.monotonic() - progress.started:.1f}s; exit {result.exit_code}")
+    print(f"report: {outputs['parquet']} (+ csv, md, junit: {outputs['junit']})")
     return result.exit_code
 
 
-def _print_verdicts(console: object, verdicts: tuple) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+def _report_in_progress(args: argparse.Namespace) -> None:
+    """Replace the last run's report with an INCOMPLETE one before any case runs: a run
+    killed outright (out of memory, SIGKILL) must not leave an old green report behind."""
+    from .report import write_reports
+    from .runner import RunResult, utc_now
 
-    table = Table(title=f"mlx-parity: {len(verdicts)} case(s)")
-    table.add_column("case", no_wrap=True)
-    for column in ("status", "first divergence", "worst metric", "reason"):
-        table.add_column(column, overflow="fold")
-    for v in verdicts:
-        worst = v.worst_check()
-        metric = (
-            f"{worst.stage}.{worst.metric}={worst.value:.3g} (<= {worst.threshold:.3g})"
-            if worst
-            else ""
-        )
-        status = f"[{STATUS_STYLE[v.status.value]}]{v.status.value}[/]"
-        table.add_row(
-            escape(v.case_id), status, v.first_divergence or "", escape(metric), escape(v.reason)
-        )
-    console.print(table)
+    now = utc_now()
+    write_reports(RunResult((), now, now, complete=False), args.report_dir, args.junit, "never")
+
+
+def _load_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of `load_cases` that the command line widens."""
+    return {"include_roots": tuple(args.allow_include)}
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -100,7 +131,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     from .cases import load_cases
 
-    cases, errors = load_cases(args.cases or [DEFAULT_CASES])
+    cases, errors = load_cases(args.cases or [DEFAULT_CASES], **_load_options(args))
+    cases, errors = _select(cases, errors, args)
     table = Table(title="cases")
     table.add_column("id", no_wrap=True)
     for column in ("model", "paths", "images", "prefill", "markers", "file"):
@@ -132,29 +164,82 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import ensure_checkpoint
+    from .synth import SynthesisError, ensure_checkpoint
 
-    print(ensure_checkpoint(args.model_type, dict(args.option)))
+    try:
+        print(ensure_checkpoint(args.model_type, dict(args.option)))
+    except SynthesisError as exc:  # valid options that still failed to build: a failure
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlx-parity", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default shown where it has one; epilogs (exit codes) kept as written."""
 
-    run = sub.add_parser("run", help="run cases and write the report")
-    run.add_argument(
-        "cases", nargs="*", type=Path, help="case files or directories (default: cases/)"
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: {default})".strip()
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mlx-parity")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "cases",
+        nargs="*",
+        type=Path,
+        help=f"case files or directories (default: {DEFAULT_CASES}/)",
     )
-    run.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
+    parser.add_argument(
+        "-k",
+        dest="keyword",
+        metavar="EXPR",
+        default=None,
+        help="only cases whose id matches EXPR (substrings with and/or/not, as in pytest)",
+    )
+    parser.add_argument(
+        "-m",
+        dest="marker",
+        metavar="EXPR",
+        default=None,
+        help="only cases whose markers match EXPR (e.g. 'image and not slow')",
+    )
+    parser.add_argument(
+        "--allow-include",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="let include: reach files under DIR too (default: only the cases root)",
+    )
+
+
+def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
-        "--junit", type=Path, default=None, help="JUnit XML path (default: in report dir)"
+        "--report-dir",
+        type=Path,
+        default=DEFAULT_REPORT_DIR,
+        help="where the report is written (replaced as a whole when the run ends)",
+    )
+    run.add_argument(
+        "--junit", type=Path, default=None, help="JUnit XML path (default: in the report dir)"
     )
     run.add_argument(
         "--figures",
         choices=["auto", "always", "never"],
         default="auto",
-        help="per-layer and image-token figures: auto draws them when a case diverged",
+        help="per-layer and image-token figures: auto draws them for diverging cases",
     )
     run.add_argument(
         "--keep-tensors",
@@ -170,18 +255,65 @@ def build_parser() -> argparse.ArgumentParser:
         "--isolation",
         choices=["process", "none"],
         default="process",
-        help="run path sessions in worker processes (default) so a crash fails one case",
+        help="run path sessions in worker processes so a crash fails one case",
     )
     run.add_argument(
         "--timeout", type=float, default=600.0, help="seconds per case capture or model load"
     )
+    run.add_argument(
+        "--strict", action="store_true", help="a skipped case fails the run (exit 1)"
+    )
+    run.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="let cases name 'MODULE[.sub]:Class' add-ons and paths (repeatable; also "
+        "$MLX_PARITY_ALLOW_IMPORT, comma-separated); built-in names need nothing",
+    )
+    run.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="refuse images with more pixels than N (decompression bombs), per case",
+    )
+    run.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let cases that set trust_remote_code run their checkpoint's own code",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlx-parity", description=__doc__, formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run cases and write the report",
+        description="Run cases on both paths, compare them stage by stage, write the report.",
+        epilog=EXIT_CODES,
+        formatter_class=_HelpFormatter,
+    )
+    _add_selection(run)
+    _add_run_options(run)
     run.set_defaults(handler=_cmd_run)
 
-    lister = sub.add_parser("list", help="validate and list cases")
-    lister.add_argument("cases", nargs="*", type=Path)
+    lister = sub.add_parser(
+        "list", help="validate and list cases", formatter_class=_HelpFormatter
+    )
+    _add_selection(lister)
     lister.set_defaults(handler=_cmd_list)
 
-    synth = sub.add_parser("synth", help="build (or find cached) a synthesized checkpoint")
+    synth = sub.add_parser(
+        "synth",
+        help="build (or find cached) a synthesized checkpoint",
+        formatter_class=_HelpFormatter,
+    )
     synth.add_argument("model_type", help="e.g. gemma4")
     synth.add_argument(
         "-o",

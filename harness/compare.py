@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from .cases import CaseSpec
-from .checks import CheckSpec
+from .checks import CheckSpec, guard
 from .probes import LAYER_OUT, LAYER_PLI
 from .records import Capture, CheckResult, Status, Verdict, layer_stage, stage_rank
+
+GUARD = "guard"  # the `check` of the one shape / non-finite / empty row of a stage
 
 
 def _results(
@@ -21,6 +24,25 @@ def _results(
     dtype: str,
     prefix: str = "",
 ) -> list[CheckResult]:
+    if not specs:
+        return []
+    stop = guard(ref, test)
+    if stop is not None:
+        # Once per stage, not once per check: a NaN is one finding.
+        return [
+            CheckResult(
+                case_id,
+                stage,
+                GUARD,
+                prefix + stop.metric,
+                stop.value,
+                stop.threshold,
+                stop.passed,
+                stop.required,
+                stop.detail,
+                gating=any(spec.gate for spec in specs),
+            )
+        ]
     return [
         CheckResult(
             case_id,
@@ -39,8 +61,24 @@ def _results(
     ]
 
 
+def unique_metrics(results: Sequence[CheckResult]) -> list[CheckResult]:
+    """(case_id, stage, metric) is the key of a report row: when two checks of a stage
+    report a metric of the same name (e.g. `exact` and `allclose(rtol=0)` both report
+    max_abs_diff), the later ones become `<metric>#2`, `#3`, ..."""
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for result in results:
+        metric, count = result.metric, 1
+        while (result.case_id, result.stage, metric) in seen:
+            count += 1
+            metric = f"{result.metric}#{count}"
+        seen.add((result.case_id, result.stage, metric))
+        unique.append(result if metric == result.metric else replace(result, metric=metric))
+    return unique
+
+
 def _absent(
-    case_id: str, stage: str, reference: Capture, candidate: Capture, ref, test
+    case_id: str, stage: str, reference: Capture, candidate: Capture, ref, test, prefix: str = ""
 ) -> CheckResult:
     absent = [c.path for c, a in ((reference, ref), (candidate, test)) if a is None]
     both = len(absent) == 2
@@ -53,7 +91,7 @@ def _absent(
         case_id,
         stage,
         "presence",
-        "captured",
+        prefix + "captured",
         float(not both),
         0.0,
         both,
@@ -118,7 +156,7 @@ def check_layers(
             if ref is None and test is None:
                 continue
             if ref is None or test is None:
-                results.append(_absent(case_id, stage, reference, candidate, ref, test))
+                results.append(_absent(case_id, stage, reference, candidate, ref, test, prefix))
                 continue
             ref, test, where = _align_rows(ref, test, prompt_len)
             dtype = reference.dtypes.get(f"{key}.{index}", "float32")
@@ -134,7 +172,7 @@ def compare(case: CaseSpec, reference: Capture, candidate: Capture) -> list[Chec
             results.extend(check_layers(case.id, profile[stage], reference, candidate))
         else:
             results.extend(check_stage(case.id, stage, profile[stage], reference, candidate))
-    return results
+    return unique_metrics(results)
 
 
 def image_token_errors(
@@ -162,10 +200,14 @@ def image_token_errors(
 
 
 def _image_size(path) -> tuple[int, int]:
+    """Width and height as the image is meant to be seen (EXIF orientation applied, as
+    image processors apply it), without decoding the pixels."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return image.size
+        width, height = image.size
+        rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    return (height, width) if rotated else (width, height)
 
 
 def _grid_shape(n: int, aspect: float) -> tuple[int, int]:

@@ -8,9 +8,12 @@ those events over a pipe, the in-process runner applies them directly.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 from .capture import save_capture
 from .cases import CaseError, CaseSpec
 from .paths import SessionOptions, resolve_session_class
+from .policy import remote_code
 from .records import Capture
 from .worker import prestart, take
 
@@ -37,6 +41,7 @@ class Outcome:
     captures: dict[tuple[str, str], Capture] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     config_failures: set[str] = field(default_factory=set)  # caused by a case field
+    seconds: dict[str, float] = field(default_factory=dict)  # capture time per case
 
     def apply(self, event: str, *args: Any) -> None:
         if event == "capture":
@@ -47,6 +52,9 @@ class Outcome:
             if case_id not in self.failures and config and config[0]:
                 self.config_failures.add(case_id)
             self.failures.setdefault(case_id, message)
+        elif event == "timing":
+            case_id, seconds = args
+            self.seconds[case_id] = self.seconds.get(case_id, 0.0) + seconds
 
     def remaining(self, plan: Plan) -> Plan:
         """The part of `plan` with neither a capture nor a failure yet."""
@@ -78,43 +86,64 @@ def _release() -> None:
     mx.clear_cache()
 
 
+class ExitAttempt(Exception):
+    """Code under test tried to end the process (sys.exit, os._exit): a failed case, never
+    a silent exit 0 with no report."""
+
+
+def _session_failure(exc: BaseException, case: CaseSpec, key: SessionKey) -> tuple[str, bool]:
+    field = getattr(exc, "field", None)
+    if field:  # the case named something that does not work: say which field
+        return f"{case.source}: {field}: loading path {key.path}: {exc}", True
+    return f"path {key.path} failed to load: {one_line(exc)}", False
+
+
 def execute_plan(plan: Plan, model_dir: Path, keep_tensors: Path | None, emit: Emit) -> None:
     failed: set[str] = set()
     for index, (key, members) in enumerate(plan):
         emit("load", key.path, index)
-        try:
-            session = resolve_session_class(key.path)(model_dir, key.options)
-        except Exception as exc:
-            field = getattr(exc, "field", None)
-            for case, _ in members:
-                failed.add(case.id)
-                if field:  # the case named something that does not work: say which field
-                    message = f"{case.source}: {field}: loading path {key.path}: {exc}"
-                else:
-                    message = f"path {key.path} failed to load: {one_line(exc)}"
-                emit("failed", case.id, message, bool(field))
-            continue
-        try:
-            for case, role in members:
-                if case.id in failed:
-                    continue
-                emit("start", case.id, role, key.path)
-                try:
-                    capture = session.capture(case)
-                    if keep_tensors is not None:
-                        save_capture(capture, keep_tensors / case.id / f"{role}.safetensors")
-                    emit("capture", case.id, role, capture)
-                except CaseError as exc:
+        with remote_code(key.options.trust_remote_code):
+            try:
+                session_class = resolve_session_class(key.path, key.options.imports)
+                session = session_class(model_dir, key.options)
+            except (Exception, SystemExit) as exc:
+                for case, _ in members:
                     failed.add(case.id)
-                    emit("failed", case.id, exc.during(f"{role} path {key.path}"), True)
-                except Exception as exc:
-                    failed.add(case.id)
-                    emit("failed", case.id, f"{role} path {key.path}: {one_line(exc)}")
-        finally:
-            session.close()
-            del session
-            _release()
+                    emit("failed", case.id, *_session_failure(exc, case, key))
+                continue
+            try:
+                for case, role in members:
+                    if case.id not in failed and not _capture_one(
+                        session, case, role, key, keep_tensors, emit
+                    ):
+                        failed.add(case.id)
+            finally:
+                session.close()
+                del session
+                _release()
     emit("done")
+
+
+def _capture_one(
+    session: Any, case: CaseSpec, role: str, key: SessionKey, keep: Path | None, emit: Emit
+) -> bool:
+    emit("start", case.id, role, key.path)
+    started = time.perf_counter()
+    try:
+        capture = session.capture(case)
+        if keep is not None:
+            save_capture(capture, keep / case.id / f"{role}.safetensors")
+        emit("capture", case.id, role, capture)
+        return True
+    except CaseError as exc:
+        emit("failed", case.id, exc.during(f"{role} path {key.path}"), True)
+    except SystemExit as exc:
+        emit("failed", case.id, f"{role} path {key.path}: called sys.exit({exc.code!r})")
+    except Exception as exc:
+        emit("failed", case.id, f"{role} path {key.path}: {one_line(exc)}")
+    finally:
+        emit("timing", case.id, time.perf_counter() - started)
+    return False
 
 
 def _observe_event(observe: Observer, model_dir: Path, event: str, *args: Any) -> None:
@@ -122,6 +151,8 @@ def _observe_event(observe: Observer, model_dir: Path, event: str, *args: Any) -
         observe("load", f"{args[0]} <- {model_dir.name}")
     elif event == "start":
         observe("capture", f"{args[0]} [{args[2]}]")
+    elif event == "failed":
+        observe("error", f"{args[0]}: {args[1]}")
 
 
 def run_in_process(
@@ -133,8 +164,26 @@ def run_in_process(
         _observe_event(observe, model_dir, event, *args)
         outcome.apply(event, *args)
 
-    execute_plan(plan, model_dir, keep_tensors, emit)
+    with _no_process_exit():
+        execute_plan(plan, model_dir, keep_tensors, emit)
     return outcome
+
+
+@contextlib.contextmanager
+def _no_process_exit() -> Iterator[None]:
+    """In-process runs share the harness's process: `os._exit` from an add-on would end
+    it with no report (and exit 0). Turn it into an error of the case in flight; worker
+    processes need no such guard, their death is already a failed case."""
+    original = os._exit
+
+    def refuse(code: int) -> None:
+        raise ExitAttempt(f"called os._exit({code})")
+
+    os._exit = refuse
+    try:
+        yield
+    finally:
+        os._exit = original
 
 
 def _death(process: Any) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 import struct
 from pathlib import Path
 
@@ -23,9 +25,11 @@ def resolve_model(case: CaseSpec) -> Path:
     if isinstance(spec, LocalModel):
         path = Path(spec.path).expanduser()
         path = path if path.is_absolute() else case.base_dir / path
-        if not path.exists():
-            raise ModelUnavailable(f"local checkpoint {path} does not exist on this machine")
         field = "model.path"
+        if not path.exists():
+            # A path the case file names is part of the case: a typo is a config error (exit
+            # 2), not a skip. Only `model.hf` can legitimately be "not on this machine".
+            raise CaseError(case.source, f"local checkpoint {path} does not exist", case.id, field)
     else:
         path, field = _from_hf_cache(spec), "model.hf"
     try:
@@ -58,7 +62,21 @@ def validate_checkpoint(path: Path) -> None:
     if not shards:
         raise CheckpointError(f"{path} holds no *.safetensors weights")
     for shard in shards:
-        _check_safetensors(shard)
+        try:
+            _check_safetensors(shard)
+        except OSError as exc:
+            raise CheckpointError(f"{shard.name} cannot be read: {exc.strerror or exc}") from None
+
+
+# The safetensors format caps the header at 100 MB; a larger length is corrupt or hostile
+# (it would be read into memory whole).
+MAX_HEADER_BYTES = 100_000_000
+# Bits per element of the byte-aligned safetensors dtypes; others skip the size check.
+DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8,
+    "U16": 16, "I16": 16, "F16": 16, "BF16": 16,
+    "U32": 32, "I32": 32, "F32": 32, "U64": 64, "I64": 64, "F64": 64, "C64": 64,
+}  # fmt: skip
 
 
 def _check_safetensors(shard: Path) -> None:
@@ -73,14 +91,66 @@ def _check_safetensors(shard: Path) -> None:
                 f"{shard.name} is truncated or corrupt: header of "
                 f"{header_len} bytes in a {size}-byte file"
             )
+        if header_len > MAX_HEADER_BYTES:
+            raise CheckpointError(
+                f"{shard.name} has a {header_len}-byte header, over the safetensors limit of "
+                f"{MAX_HEADER_BYTES}"
+            )
         try:
             header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise CheckpointError(f"{shard.name} has a corrupt header") from None
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
-    expected = 8 + header_len + max(ends, default=0)
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{shard.name} has a corrupt header: a JSON {type(header).__name__}, not an object"
+        )
+    ends = [0]
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise CheckpointError(
+                    f"{shard.name} has a corrupt header: __metadata__ must map names to strings"
+                )
+            continue
+        problem = _entry_problem(entry)
+        if problem:
+            raise CheckpointError(
+                f"{shard.name} has a corrupt header: tensor {reprlib.repr(name)} {problem}"
+            )
+        ends.append(entry["data_offsets"][1])
+    expected = 8 + header_len + max(ends)
     if size < expected:
         raise CheckpointError(f"{shard.name} is truncated: {size} bytes, header needs {expected}")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(entry: object) -> str:
+    """What is wrong with one tensor entry of a safetensors header ('' if nothing)."""
+    if not isinstance(entry, dict):
+        return f"is a JSON {type(entry).__name__}, not an object"
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
+    if missing:
+        return f"has no {', '.join(missing)}"
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str):
+        return f"has dtype {reprlib.repr(dtype)}, not a name"
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        return f"has shape {reprlib.repr(shape)}, not a list of non-negative integers"
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_count(o) for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        return f"has data_offsets {reprlib.repr(offsets)}, not [begin, end] with 0 <= begin <= end"
+    begin, end = offsets
+    bits = DTYPE_BITS.get(dtype)
+    if bits is not None and math.prod(shape) * bits != (end - begin) * 8:
+        return f"holds {end - begin} bytes for shape {reprlib.repr(shape)} of {dtype}"
+    return ""
 
 
 def _synthesize(case: CaseSpec, spec: SynthModel) -> Path:

@@ -90,6 +90,12 @@ class Verdict:
     provenance: Mapping[str, str] = field(default_factory=dict)
     # Image prompts: per-image grids of the embedding error of each image token.
     image_token_errors: tuple[np.ndarray, ...] = ()
+    # Seconds the case took (captures and comparison), for the JUnit `time` attribute.
+    duration: float = 0.0
+    # The checkpoint's model_type ("" when unknown), for the JUnit classname.
+    architecture: str = ""
+    # File names of the prompt's images, in order: titles of the image-token heatmaps.
+    image_names: tuple[str, ...] = ()
 
     def worst_check(self) -> CheckResult | None:
         """Failed checks first, then the smallest margin; ties go to the latest stage."""

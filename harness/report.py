@@ -1,21 +1,33 @@
 """Format a RunResult: one long-form table (a row per case, stage and metric), written as
-parquet, CSV, a Markdown summary for pull-request comments, and JUnit XML. Formats only;
+parquet, CSV, a Markdown summary for pull-request comments (report_md), and JUnit XML
+(report_junit), into a staged directory swapped in whole (report_files). Formats only;
 every number comes from the records."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
+import re
 from pathlib import Path
 from typing import Literal
-from xml.etree import ElementTree as ET
 
 import pandas as pd
 
 from . import plots
 from .records import Verdict
+from .report_files import atomic_write, check_report_dir, staged_dir
+from .report_junit import junit_xml
+from .report_md import markdown, md_code, md_text
 from .runner import RunResult
+
+__all__ = [
+    "COLUMNS",
+    "check_report_dir",
+    "junit_xml",
+    "markdown",
+    "md_code",
+    "md_text",
+    "to_frame",
+    "write_reports",
+]
 
 COLUMNS = [
     "case_id",
@@ -51,6 +63,7 @@ def _rows(verdict: Verdict, run: RunResult) -> list[dict[str, object]]:
         "run_complete": run.complete,
         **dict(verdict.provenance),
         "run_started": run.started,
+        "architecture": verdict.architecture,
     }
     if not verdict.checks:
         return [
@@ -86,8 +99,21 @@ def _rows(verdict: Verdict, run: RunResult) -> list[dict[str, object]]:
     ]
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _storable(value: object) -> object:
+    """Text as UTF-8 can store it: a lone surrogate (an undecodable byte in an add-on's
+    error message) becomes U+FFFD instead of failing the whole report."""
+    return _SURROGATE.sub("\ufffd", value) if isinstance(value, str) else value
+
+
 def to_frame(run: RunResult) -> pd.DataFrame:
-    rows = [row for v in run.verdicts for row in _rows(v, run)]
+    rows = [
+        {key: _storable(value) for key, value in row.items()}
+        for v in run.verdicts
+        for row in _rows(v, run)
+    ]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
@@ -100,105 +126,29 @@ def to_frame(run: RunResult) -> pd.DataFrame:
     return frame
 
 
-def _fmt(value: float) -> str:
-    return "" if pd.isna(value) else f"{value:.3g}"
-
-
-def markdown(run: RunResult) -> str:
-    counts = pd.Series([v.status.value for v in run.verdicts]).value_counts()
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no cases"
-    versions = " · ".join(
-        f"{name} {run.provenance.get('version_' + name)}" for name in ("mlx", "mlx-lm", "mlx-vlm")
-    )
-    lines = [
-        "## mlx-parity",
-        "",
-        f"**{_headline(run)}**: {summary}  ",
-        f"{versions} · commit {run.provenance.get('commit')}",
-        "",
-        "| case | status | first divergence | worst check (value / threshold) | note |",
-        "|---|---|---|---|---|",
-    ]
-    for v in run.verdicts:
-        worst = v.worst_check()
-        worst_text = (
-            f"{worst.stage} {worst.metric} {_fmt(worst.value)} / {_fmt(worst.threshold)}"
-            if worst
-            else ""
-        )
-        note = v.reason.replace("|", "\\|")
-        lines.append(
-            f"| {v.case_id} | {v.status.value} | {v.first_divergence or ''} | "
-            f"{worst_text} | {note} |"
-        )
-    lines += _divergence_section(run)
-    return "\n".join(lines) + "\n"
-
-
-def _headline(run: RunResult) -> str:
-    if not run.complete:
-        return "INCOMPLETE (interrupted; only finished cases are listed)"
-    return "PASS" if run.exit_code == 0 else "FAIL"
-
-
-def _divergence_section(run: RunResult) -> list[str]:
-    """For each case with a divergence: the first stage and the checks that failed there."""
-    diverged = [v for v in run.verdicts if v.first_divergence]
-    if not diverged:
-        return []
-    lines = ["", "### Where parity breaks", ""]
-    for v in diverged:
-        first = [c for c in v.checks if c.stage == v.first_divergence and not c.passed]
-        lines.append(
-            f"- **{v.case_id}** ({v.status.value}): first divergence at `{v.first_divergence}`"
-        )
-        lines += [
-            f"  - {c.check} `{c.metric}` = {_fmt(c.value)} (threshold "
-            f"{_fmt(c.threshold)}){': ' + c.detail if c.detail else ''}"
-            for c in first
-        ]
-    return lines
-
-
-def junit_xml(run: RunResult) -> str:
-    suite = ET.Element(
-        "testsuite", name="mlx-parity", tests=str(len(run.verdicts)), timestamp=run.started
-    )
-    for v in run.verdicts:
-        case = ET.SubElement(
-            suite, "testcase", classname="mlx-parity", name=v.case_id, file=v.source
-        )
-        failed = [c for c in v.checks if not c.passed]
-        if v.status.value == "fail":
-            text = "\n".join(
-                f"{c.stage} {c.metric}={c.value:g} > {c.threshold:g} {c.detail}" for c in failed
-            )
-            ET.SubElement(
-                case, "failure", message=f"first divergence: {v.first_divergence}"
-            ).text = text
-        elif v.status.value == "error":
-            ET.SubElement(case, "error", message=v.reason)
-        elif v.status.value == "skip":
-            ET.SubElement(case, "skipped", message=v.reason)
-    for status in ("failure", "error", "skipped"):
-        suite.set(
-            status + "s" if status != "skipped" else "skipped",
-            str(len(suite.findall(f"./testcase/{status}"))),
-        )
-    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write beside the target, then rename: readers never see a partial report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+def _inside(path: Path, directory: Path) -> Path | None:
+    """`path` relative to `directory` when it lies inside it, else None."""
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        return path.absolute().relative_to(directory.absolute())
+    except ValueError:
+        return None
+
+
+def _write_figures(
+    run: RunResult, frame: pd.DataFrame, figure_dir: Path, figures: str
+) -> dict[str, Path]:
+    """Figures of the diverging cases ("auto"; a plot of all-zero differences says nothing
+    the table does not, and costs ~1 s) or of every case ("always")."""
+    chosen = [v for v in run.verdicts if figures == "always" or v.first_divergence]
+    if figures == "never" or not chosen:
+        return {}
+    drawn = {}
+    ids = {v.case_id for v in chosen}
+    if plots.plot_layers(frame[frame.case_id.isin(ids)], figure_dir / "layers.png"):
+        drawn["layers_figure"] = Path("figures") / "layers.png"
+    for v in chosen:
+        plots.plot_image_tokens(v, figure_dir / plots.figure_name(v.case_id))
+    return drawn
 
 
 def write_reports(
@@ -207,30 +157,40 @@ def write_reports(
     junit: Path | None = None,
     figures: Literal["auto", "always", "never"] = "auto",
 ) -> dict[str, Path]:
-    """Write every format. Figures are drawn for runs where something diverged ("auto"):
-    a plot of all-zero differences says nothing the table does not, and costs ~1 s."""
+    """Write every format into a staging directory beside `out_dir` and swap it in whole
+    (tensors kept during this run under `out_dir/captures` are carried over). A `junit`
+    path outside `out_dir` is written after the swap, atomically."""
+    out_dir = Path(out_dir)
     frame = to_frame(run)
-    outputs = {
-        "parquet": out_dir / "parity.parquet",
-        "csv": out_dir / "parity.csv",
-        "markdown": out_dir / "parity.md",
-        "junit": junit or out_dir / "parity.junit.xml",
-        "image_tokens": out_dir / "image_tokens.parquet",
+    names = {
+        "parquet": Path("parity.parquet"),
+        "csv": Path("parity.csv"),
+        "markdown": Path("parity.md"),
+        "junit": Path("parity.junit.xml"),
+        "image_tokens": Path("image_tokens.parquet"),
     }
-    tokens = plots.image_token_table(run.verdicts)
-    _atomic_write(outputs["parquet"], lambda p: frame.to_parquet(p, index=False))
-    _atomic_write(outputs["image_tokens"], lambda p: tokens.to_parquet(p, index=False))
-    figure_dir = out_dir / "figures"
-    figure_dir.mkdir(parents=True, exist_ok=True)
-    for stale in figure_dir.glob("*.png"):
-        stale.unlink()
-    diverged = any(v.first_divergence for v in run.verdicts)
-    if figures == "always" or (figures == "auto" and diverged):
-        if plots.plot_layers(frame, figure_dir / "layers.png"):
-            outputs["layers_figure"] = figure_dir / "layers.png"
-        for v in run.verdicts:
-            plots.plot_image_tokens(v, figure_dir / f"image_tokens.{v.case_id}.png")
-    _atomic_write(outputs["csv"], lambda p: frame.to_csv(p, index=False))
-    _atomic_write(outputs["markdown"], lambda p: p.write_text(markdown(run)))
-    _atomic_write(outputs["junit"], lambda p: p.write_text(junit_xml(run)))
+    outside_junit = None
+    if junit is not None:
+        inside = _inside(Path(junit), out_dir)
+        if inside is None:
+            outside_junit = Path(junit)
+        else:
+            names["junit"] = inside
+    with staged_dir(out_dir, run.started) as staging:
+        frame.to_parquet(staging / names["parquet"], index=False)
+        plots.image_token_table(run.verdicts).to_parquet(
+            staging / names["image_tokens"], index=False
+        )
+        frame.to_csv(staging / names["csv"], index=False)
+        (staging / names["markdown"]).write_text(markdown(run), encoding="utf-8")
+        if outside_junit is None:
+            (staging / names["junit"]).parent.mkdir(parents=True, exist_ok=True)
+            (staging / names["junit"]).write_text(junit_xml(run), encoding="utf-8")
+        (staging / "figures").mkdir()
+        names.update(_write_figures(run, frame, staging / "figures", figures))
+    outputs = {key: out_dir / name for key, name in names.items()}
+    if outside_junit is not None:
+        text = junit_xml(run)
+        atomic_write(outside_junit, lambda p: p.write_text(text, encoding="utf-8"))
+        outputs["junit"] = outside_junit
     return outputs

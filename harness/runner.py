@@ -3,21 +3,30 @@ memory at a time), pair captures and compute verdicts. Never formats anything.""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from . import provenance, worker
-from .cases import CaseError, CaseSpec, load_cases
+from .cases import MAX_IMAGE_PIXELS, CaseError, CaseSpec, load_cases
 from .compare import verdict as compute_verdict
 from .execute import Plan, SessionKey, one_line, run_in_process, run_in_workers
 from .models import ModelUnavailable, resolve_model
 from .paths import PathError, SessionOptions, resolve_session_class
+from .paths.loading import model_type_of
+from .policy import ImportPolicy, custom_code_in
 from .records import Status, Verdict
 
-Observer = Callable[[str, str], None]  # (event, message) for progress displays
+# (event, payload) for progress displays: "verdict" carries a Verdict, "planned" the number
+# of cases, other events ("load", "capture", "error", "interrupted") a message.
+Observer = Callable[[str, Any], None]
+
+EXIT_PASSED, EXIT_FAILED, EXIT_CONFIG, EXIT_NOTHING_COMPARED, EXIT_INTERRUPTED = 0, 1, 2, 5, 130
 
 
 @dataclass(frozen=True)
@@ -30,13 +39,27 @@ class RunResult:
     # False when the run was interrupted: the verdicts are those of the cases that finished.
     complete: bool = True
 
+    # --strict: a skipped case fails the run.
+    strict: bool = False
+
+    @property
+    def compared(self) -> int:
+        """Cases whose two captures were compared (passed or failed)."""
+        return sum(v.status in (Status.PASS, Status.FAIL) for v in self.verdicts)
+
     @property
     def exit_code(self) -> int:
+        """130 interrupted, 2 a bad case file or argument, 1 a failure or run-time error (or
+        a skip under --strict), 5 nothing was compared (like pytest's "no tests ran"),
+        0 every compared case passed."""
         if not self.complete:
-            return 130
+            return EXIT_INTERRUPTED
         if self.config_errors:
-            return 2
-        return 1 if any(v.status in (Status.FAIL, Status.ERROR) for v in self.verdicts) else 0
+            return EXIT_CONFIG
+        bad = {Status.FAIL, Status.ERROR} | ({Status.SKIP} if self.strict else set())
+        if any(v.status in bad for v in self.verdicts):
+            return EXIT_FAILED
+        return EXIT_PASSED if self.compared else EXIT_NOTHING_COMPARED
 
 
 @dataclass(frozen=True)
@@ -48,9 +71,14 @@ class RunOptions:
     # the case in flight; "none": in this process (faster start, no crash isolation).
     isolation: Literal["process", "none"] = "process"
     timeout: float = 600.0  # seconds per case capture (and per model load) in a worker
+    # What case files may make the harness do: given on the command line, never by a case.
+    imports: ImportPolicy = ImportPolicy()
+    trust_remote_code: bool = False  # --trust-remote-code: cases MAY then ask for it
+    strict: bool = False
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
 
-def _now() -> str:
+def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -68,28 +96,50 @@ def _error_verdict(case: CaseSpec, status: Status, reason: str, config: bool = F
     )
 
 
+def _check_trust(case: CaseSpec, model_dir: Path, options: RunOptions) -> None:
+    """A checkpoint's own code runs only when the case asks AND the command line allows."""
+    if case.trust_remote_code and not options.trust_remote_code:
+        raise CaseError(
+            case.source,
+            "the case asks to run the checkpoint's code; pass --trust-remote-code to allow it",
+            case.id,
+            "trust_remote_code",
+        )
+    code = custom_code_in(model_dir)
+    if code and not case.trust_remote_code:
+        raise CaseError(
+            case.source,
+            f"the checkpoint carries its own code ({', '.join(code[:4])}), which runs only "
+            "with trust_remote_code: true in the case and --trust-remote-code",
+            case.id,
+            "model",
+        )
+
+
 def _session_keys(
     case: CaseSpec, model_type: str, options: RunOptions
 ) -> list[tuple[SessionKey, str]]:
-    """The (session, role) pairs a case needs; unknown names raise a CaseError naming the
-    field."""
+    """The (session, role) pairs a case needs; unknown or disallowed names raise a
+    CaseError naming the field."""
     from .addons import check_addon_name
 
     keys = []
     for role, path in (("reference", case.paths.reference), ("candidate", case.paths.candidate)):
         try:
-            takes_addon = getattr(resolve_session_class(path), "takes_addon", True)
+            session_class = resolve_session_class(path, options.imports)
+            takes_addon = getattr(session_class, "takes_addon", True)
         except PathError as exc:
             raise CaseError(case.source, str(exc), case.id, f"paths.{role}") from None
         if takes_addon:
             try:
-                check_addon_name(case.addon, model_type)
+                check_addon_name(case.addon, model_type, options.imports)
             except PathError as exc:
                 raise CaseError(case.source, str(exc), case.id, "addon") from None
         session_options = SessionOptions(
             addon=case.addon if takes_addon else None,
-            trust_remote_code=case.trust_remote_code,
+            trust_remote_code=case.trust_remote_code and options.trust_remote_code,
             layer_probes=options.layer_probes,
+            imports=options.imports,
         )
         keys.append((SessionKey(path, session_options), role))
     return keys
@@ -100,13 +150,12 @@ def _plan(
 ) -> Plan:
     """Sessions for the group's cases. Sessions without an add-on come first: an engine
     add-on may patch library classes when imported, which must not reach them."""
-    from .paths.loading import model_type_of
-
     model_type = model_type_of(model_dir)
     plan: dict[SessionKey, list[tuple[CaseSpec, str]]] = {}
     for case in group:
         try:
-            case.check_images()
+            case.check_images(max_pixels=options.max_image_pixels)
+            _check_trust(case, model_dir, options)
             keys = _session_keys(case, model_type, options)
         except CaseError as exc:
             done[case.id] = _error_verdict(case, Status.ERROR, str(exc), True)
@@ -119,17 +168,48 @@ def _plan(
 def _run_group(
     group: list[CaseSpec], observe: Observer, options: RunOptions, more: bool = False
 ) -> list[Verdict]:
+    """Verdicts of one model group, with what the report needs besides the comparison:
+    the checkpoint's architecture, the capture time, the image file names."""
+    started = time.perf_counter()
+    verdicts, model_dir, seconds = _compare_group(group, observe, options, more)
+    architecture = ""
+    if model_dir is not None:
+        with contextlib.suppress(PathError):
+            architecture = model_type_of(model_dir)
+    share = (time.perf_counter() - started) / max(len(group), 1)
+    by_id = {c.id: c for c in group}
+    return [
+        dataclasses.replace(
+            v,
+            architecture=architecture,
+            duration=seconds.get(v.case_id, share),
+            image_names=tuple(p.name for p in _image_files(by_id[v.case_id])),
+        )
+        for v in verdicts
+    ]
+
+
+def _image_files(case: CaseSpec) -> list[Path]:
+    try:
+        return case.image_files
+    except CaseError:
+        return []
+
+
+def _compare_group(
+    group: list[CaseSpec], observe: Observer, options: RunOptions, more: bool
+) -> tuple[list[Verdict], Path | None, dict[str, float]]:
     """Verdicts of one model group; `more`: other groups follow (warm a worker for them)."""
     done: dict[str, Verdict] = {}
     try:
         model_dir = resolve_model(group[0])
         plan = _plan(group, model_dir, done, options)
     except ModelUnavailable as exc:
-        return [_error_verdict(c, Status.SKIP, str(exc)) for c in group]
+        return [_error_verdict(c, Status.SKIP, str(exc)) for c in group], None, {}
     except (CaseError, PathError) as exc:
-        return [_error_verdict(c, Status.ERROR, one_line(exc), True) for c in group]
+        return [_error_verdict(c, Status.ERROR, one_line(exc), True) for c in group], None, {}
     except Exception as exc:
-        return [_error_verdict(c, Status.ERROR, one_line(exc)) for c in group]
+        return [_error_verdict(c, Status.ERROR, one_line(exc)) for c in group], None, {}
 
     from .paths.loading import image_token_id_of
 
@@ -157,7 +237,7 @@ def _run_group(
                 captures[(case.id, "candidate")],
                 image_token_id,
             )
-    return [done[c.id] for c in group]
+    return [done[c.id] for c in group], model_dir, outcome.seconds
 
 
 def run_cases(
@@ -168,7 +248,7 @@ def run_cases(
 ) -> RunResult:
     """Run every case; on KeyboardInterrupt (SIGINT, or SIGTERM turned into it by the CLI)
     stop and return the verdicts so far, marked incomplete."""
-    started = _now()
+    started = utc_now()
     verdicts = [
         Verdict(
             case_id=e.case_id,
@@ -182,12 +262,15 @@ def run_cases(
     groups: dict[str, list[CaseSpec]] = {}
     for case in cases:
         groups.setdefault(case.model_key(), []).append(case)
+    observe("planned", len(verdicts) + sum(map(len, groups.values())))
+    for v in verdicts:
+        observe("verdict", v)
     complete = True
     try:
         for index, group in enumerate(groups.values()):
             more = index + 1 < len(groups)
             for v in _run_group(group, observe, options, more):
-                observe("verdict", f"{v.case_id}: {v.status.value}")
+                observe("verdict", v)
                 verdicts.append(v)
     except KeyboardInterrupt:
         complete = False
@@ -195,13 +278,24 @@ def run_cases(
     finally:
         worker.release_spare()
     config_errors = sum(v.config_error for v in verdicts)
-    return RunResult(tuple(verdicts), started, _now(), run_provenance(), config_errors, complete)
+    return RunResult(
+        tuple(verdicts),
+        started,
+        utc_now(),
+        run_provenance(),
+        config_errors,
+        complete,
+        strict=options.strict,
+    )
 
 
 def run(
     targets: Iterable[Path],
     observe: Observer = lambda event, message: None,
     options: RunOptions = RunOptions(),
+    include_roots: Iterable[Path] = (),
 ) -> RunResult:
-    cases, errors = load_cases(targets)
+    """Load the case files under `targets` and run them (`include_roots`: directories
+    beyond each target's own that `include:` may reach)."""
+    cases, errors = load_cases(targets, include_roots=tuple(include_roots))
     return run_cases(cases, errors, observe, options)

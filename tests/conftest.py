@@ -15,6 +15,11 @@ CASES = ROOT / "cases"
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# Test-only add-ons and paths (tests/mutants.py, crashers.py, logit_paths.py) are code
+# outside the harness: like any such code, a run imports them only when allowed.
+TEST_MODULES = ("mutants", "crashers", "logit_paths")
+ALLOW_TEST_MODULES = [arg for m in TEST_MODULES for arg in ("--allow-import", m)]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def synth_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -9,11 +9,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import CASES
+from conftest import CASES, TEST_MODULES
 
+from harness.policy import ImportPolicy
 from harness.records import Status
 from harness.report import to_frame
-from harness.runner import run
+from harness.runner import RunOptions, run
 from harness.synth import ensure_checkpoint
 
 IMAGE = CASES / "images" / "red_square_400x300.png"
@@ -69,7 +70,11 @@ def _cases(models: dict[str, Path], root: Path) -> dict[str, tuple[str, Status, 
             Status.ERROR,
             ["prefill_step_size:", "integer"],
         ),
-        "unknown_profile": (synth + ONE_IMAGE + "profile: lenient\n", Status.ERROR, ["profile:"]),
+        "unknown_profile": (
+            synth.replace("profile: exact\n", "") + ONE_IMAGE + "profile: lenient\n",
+            Status.ERROR,
+            ["profile:"],
+        ),
         "unknown_check": (
             synth + ONE_IMAGE + "tolerances: {logits: {check: vibes}}\n",
             Status.ERROR,
@@ -97,8 +102,8 @@ def _cases(models: dict[str, Path], root: Path) -> dict[str, tuple[str, Status, 
         ),
         "model_missing": (
             f"model: {{path: {root / 'nowhere'}}}\n" + ONE_IMAGE,
-            Status.SKIP,
-            ["does not exist on this machine"],
+            Status.ERROR,
+            ["model.path:", "does not exist"],
         ),
         "model_no_config": (
             f"model: {{path: {models['no_config']}}}\n" + ONE_IMAGE,
@@ -174,7 +179,9 @@ def outcome(tmp_path_factory):
     case_dir.mkdir()
     for name, (body, _, _) in cases.items():
         (case_dir / f"{name}.yaml").write_text(textwrap.dedent(body))
-    result = run([case_dir])
+    # no_such_pkg is allowed, so that the error is about the import itself.
+    imports = ImportPolicy((*TEST_MODULES, "no_such_pkg"))
+    result = run([case_dir], options=RunOptions(imports=imports))
     return cases, {v.case_id: v for v in result.verdicts}, result
 
 

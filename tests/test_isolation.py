@@ -9,9 +9,10 @@ import textwrap
 
 import pandas as pd
 import pytest
-from conftest import CASES, ROOT, run_cli
+from conftest import ALLOW_TEST_MODULES, CASES, ROOT, TEST_MODULES, run_cli
 
 from harness.cases import load_case
+from harness.policy import ImportPolicy
 from harness.records import Status
 from harness.runner import RunOptions, run_cases
 
@@ -35,7 +36,8 @@ def _image_case_with_addon(directory, addon: str):
 
 
 def _run(cases, **options):
-    return {v.case_id: v for v in run_cases(cases, options=RunOptions(**options)).verdicts}
+    options = RunOptions(imports=ImportPolicy(TEST_MODULES), **options)
+    return {v.case_id: v for v in run_cases(cases, options=options).verdicts}
 
 
 @pytest.mark.parametrize(
@@ -104,6 +106,9 @@ def test_sigterm_leaves_a_report_of_finished_cases_marked_incomplete(tmp_path):
         "none",
         "--report-dir",
         tmp_path / "r",
+        "--allow-include",
+        CASES,
+        *ALLOW_TEST_MODULES,
         pythonpath=ROOT / "tests",
     )
     assert result.returncode == 130, result.stdout + result.stderr
@@ -123,7 +128,8 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     case = _image_case_with_addon(tmp_path, "crashers:Hangs")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     parent = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(case), "--report-dir", str(tmp_path / "r")],
+        [sys.executable, "-m", "harness", "run", str(case), "--report-dir", str(tmp_path / "r")]
+        + ["--allow-include", str(CASES), *ALLOW_TEST_MODULES],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import CASES
+from conftest import CASES, TEST_MODULES
 
 from harness.cases import load_case
+from harness.policy import ImportPolicy
 from harness.records import Status, stage_rank
 from harness.report import to_frame
-from harness.runner import run_cases
+from harness.runner import RunOptions, run_cases
 
 # (case file, mutant class in tests/mutants.py, first diverging stage)
 MUTANTS = [
@@ -51,7 +52,7 @@ def mutant_run():
         _variant("gemma4_one_image", "EngineStyle", "exact"),
         _variant("gemma4_embed_scale_not_pow2", "EngineStyle", "exact"),
     ]
-    return run_cases(cases)
+    return run_cases(cases, options=RunOptions(imports=ImportPolicy(TEST_MODULES)))
 
 
 def _verdict(run, case_id):

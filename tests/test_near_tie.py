@@ -4,11 +4,12 @@ near-tie and passes; the same swap of a clearly separated pair fails."""
 from __future__ import annotations
 
 import pytest
-from conftest import CASES
+from conftest import CASES, TEST_MODULES
 
 from harness.cases import PathPair, load_case
+from harness.policy import ImportPolicy
 from harness.records import Status
-from harness.runner import run_cases
+from harness.runner import RunOptions, run_cases
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def verdicts():
             }
         ),
     ]
-    return {v.case_id: v for v in run_cases(cases).verdicts}
+    options = RunOptions(imports=ImportPolicy(TEST_MODULES))
+    return {v.case_id: v for v in run_cases(cases, options=options).verdicts}
 
 
 def _logit_checks(verdict):

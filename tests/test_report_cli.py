@@ -91,7 +91,8 @@ def test_cli_exit_codes(tmp_path):
     unknown_addon = _case(tmp_path, "unknown_addon", "addon: nosuch\n")
     reports = tmp_path / "reports"
     assert main(["run", str(good), "--report-dir", str(reports)]) == 0
-    assert main(["run", str(good), str(broken), "--report-dir", str(reports)]) == 1
+    allow = ["--allow-import", "mutants"]
+    assert main(["run", str(good), str(broken), "--report-dir", str(reports), *allow]) == 1
     frame = pd.read_parquet(reports / "parity.parquet")
     assert set(frame[frame.case_id == "broken"].first_divergence) == {"embeddings"}
     assert main(["run", str(good), str(bad_field), "--report-dir", str(reports)]) == 2
@@ -118,6 +119,17 @@ def test_addon_from_another_package_through_the_cli(tmp_path):
     )
     case = _case(tmp_path, "external", "addon: 'engine_addons.gemma4_vision:Gemma4VisionAddOn'\n")
     result = run_cli("run", case, "--report-dir", tmp_path / "r", pythonpath=tmp_path)
+    assert result.returncode == 2, "an add-on outside the harness needs --allow-import"
+    assert "--allow-import engine_addons" in result.stdout + result.stderr
+    result = run_cli(
+        "run",
+        case,
+        "--report-dir",
+        tmp_path / "r",
+        "--allow-import",
+        "engine_addons",
+        pythonpath=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     frame = pd.read_parquet(tmp_path / "r" / "parity.parquet")
     assert (frame.status == "pass").all() and (frame.value == 0).all()

@@ -1,5 +1,6 @@
 """Vision add-ons for the `unified` path, one module per `model_type`, or any
-`package.module:Class` that honours mlx-engine's add-on contract:
+`package.module:Class` that honours mlx-engine's add-on contract (imported only when the
+person running the gate allowed its module, see `harness.policy`):
 
     AddOn(model_path: Path)
     compute_embeddings(text_model, prompt_tokens, images_b64, max_size) -> (input_ids, embeddings)
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from ..paths import PathError, import_object
-from ..registry import find_module
+from ..paths import PathError, import_allowed
+from ..policy import ImportPolicy, NotAllowed, check_target, registered
+from ..registry import find_module, is_plain_name
 
 ALIASES: dict[str, str] = {"gemma4_text": "gemma4"}
 REQUIRED_METHODS = ("compute_embeddings",)
@@ -31,20 +33,36 @@ def _no_builtin(name: str) -> AddOnError:
     )
 
 
-def check_addon_name(name: str, model_type: str) -> None:
+def _external(name: str) -> bool:
+    return ":" in name or name in registered("addon")
+
+
+NO_IMPORTS = ImportPolicy()
+
+
+def check_addon_name(name: str, model_type: str, policy: ImportPolicy = NO_IMPORTS) -> None:
     """Cheap check that `name` can be found, without importing it (an add-on pulls in
-    mlx-lm and mlx-vlm; the worker that runs it imports it). Contract checks happen there."""
+    mlx-lm and mlx-vlm; the worker that runs it imports it). The import policy is checked
+    first: `find_spec` of a dotted name imports its parent packages."""
     if name == "auto":
         name = model_type
-    builtin = f"{__name__}.{ALIASES.get(name, name)}"
-    module_name = name.partition(":")[0] if ":" in name else builtin
+    if _external(name):
+        try:
+            target = check_target(name, "addon", policy)
+        except NotAllowed as exc:
+            raise AddOnError(str(exc)) from None
+        module_name = target.partition(":")[0]
+    elif is_plain_name(ALIASES.get(name, name)):
+        module_name = f"{__name__}.{ALIASES.get(name, name)}"
+    else:
+        raise _no_builtin(name)
     try:
         found = importlib.util.find_spec(module_name) is not None
     except (ImportError, ValueError) as exc:
         raise AddOnError(
             f"add-on cannot import module {module_name!r} for {name!r}: {exc}"
         ) from None
-    if not found and ":" in name:
+    if not found and _external(name):
         raise AddOnError(
             f"add-on cannot import module {module_name!r} for {name!r}: "
             f"No module named {module_name!r}"
@@ -53,13 +71,13 @@ def check_addon_name(name: str, model_type: str) -> None:
         raise _no_builtin(name)
 
 
-def resolve_addon(name: str, model_type: str) -> type:
+def resolve_addon(name: str, model_type: str, policy: ImportPolicy = NO_IMPORTS) -> type:
     """The add-on class for `name` ('auto' picks the checkpoint's model_type)."""
     if name == "auto":
         name = model_type
-    if ":" in name:
+    if _external(name):
         try:
-            addon = import_object(name)
+            addon = import_allowed(name, "addon", policy)
         except PathError as exc:
             raise AddOnError(f"add-on {exc}") from None
     else:

@@ -138,7 +138,7 @@ class UnifiedGemma4TextModel(gemma4_text.Gemma4TextModel):
 class AddOn:
     """mlx-engine-compatible vision add-on for Gemma 4 (`model_type: gemma4`)."""
 
-    def __init__(self, model_path: Path) -> None:
+    def __init__(self, model_path: Path, trust_remote_code: bool = False) -> None:
         from mlx_vlm.models import gemma4 as vlm
         from mlx_vlm.models.gemma4.gemma4 import MultimodalEmbedder
         from mlx_vlm.utils import load_processor
@@ -156,7 +156,10 @@ class AddOn:
         )
         self.bidirectional = text_config.use_bidirectional_attention == "vision"
         self._load_vision_weights(config.get("quantization"))
-        self.processor = load_processor(self.model_path, add_detokenizer=True)
+        # mlx-vlm's load_processor passes trust_remote_code=True unless told otherwise.
+        self.processor = load_processor(
+            self.model_path, add_detokenizer=True, trust_remote_code=trust_remote_code
+        )
         self.multimodal_token_ids = [
             t
             for t in (

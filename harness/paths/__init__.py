@@ -2,7 +2,8 @@
 many cases; the runner closes it before the next path loads.
 
 Built-in paths are named in `BUILTIN`; any other `package.module:Class` works too, so an
-engine can gate its own pipeline. A session class is constructed as
+engine can gate its own pipeline, when the person running the gate allowed its module
+(see `harness.policy`). A session class is constructed as
 `Session(model_dir: Path, options: SessionOptions)` and has `capture(case) -> Capture` and
 `close()`.
 """
@@ -13,6 +14,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from ..policy import ImportPolicy, NotAllowed, check_target, registered
 
 if TYPE_CHECKING:
     from ..cases import CaseSpec
@@ -39,6 +42,8 @@ class SessionOptions:
     # Record every decoder layer's output (issue: where does parity break); off leaves
     # only the embeddings entering layer 0.
     layer_probes: bool = True
+    # Modules that `module:Class` names may import (from the command line, never a case).
+    imports: ImportPolicy = ImportPolicy()
 
 
 class Session(Protocol):
@@ -48,7 +53,8 @@ class Session(Protocol):
 
 
 def import_object(target: str) -> Any:
-    """Import `package.module:Name`, with errors that say which part failed."""
+    """Import `package.module:Name`, with errors that say which part failed. Callers check
+    the target against the import policy first."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise PathError(f"{target!r} is not of the form 'package.module:Name'")
@@ -62,10 +68,32 @@ def import_object(target: str) -> Any:
         raise PathError(f"module {module_name!r} has no attribute {attr!r}") from None
 
 
-def resolve_session_class(name: str) -> type[Session]:
+def import_allowed(target: str, kind: str, policy: ImportPolicy) -> Any:
+    """`import_object` of a case-named target, only when the policy allows its module."""
+    try:
+        return import_object(check_target(target, kind, policy))
+    except NotAllowed as exc:
+        raise PathError(str(exc)) from None
+
+
+SESSION_METHODS = ("capture", "close")
+
+
+def check_session_class(name: str, found: Any) -> type[Session]:
+    """A path must be a class implementing the session contract, never any callable."""
+    missing = [m for m in SESSION_METHODS if not callable(getattr(found, m, None))]
+    if not isinstance(found, type) or missing:
+        what = "not a class" if not isinstance(found, type) else "missing " + ", ".join(missing)
+        raise PathError(f"path {name!r} does not satisfy the path session contract: {what}")
+    return found
+
+
+def resolve_session_class(name: str, policy: ImportPolicy | None = None) -> type[Session]:
+    policy = policy or ImportPolicy()
     if name in BUILTIN:
         return import_object(BUILTIN[name])
-    if ":" in name:
-        return import_object(name)
+    if ":" in name or name in registered("path"):
+        return check_session_class(name, import_allowed(name, "path", policy))
     known = ", ".join(sorted(BUILTIN))
     raise PathError(f"unknown path {name!r}; built-in paths: {known}, or give 'module:Class'")
+

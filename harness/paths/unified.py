@@ -5,6 +5,7 @@ no patch: the baseline an add-on's patch must leave bit-identical on text prompt
 from __future__ import annotations
 
 import base64
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,13 @@ class UnifiedSession(PlainTextSession):
 
         # Resolved (imported) before mlx_lm.load: engine add-ons patch library classes at
         # import time, and the text model must be built with the patched class.
-        addon_class = resolve_addon(options.addon or "auto", self.model_type)
+        addon_class = resolve_addon(options.addon or "auto", self.model_type, options.imports)
+        # The engine's contract constructs add-ons from the path alone; add-ons that can
+        # load a processor (which may run checkpoint code) take the gate's decision too.
+        if "trust_remote_code" in inspect.signature(addon_class).parameters:
+            return load_quietly(
+                addon_class, model_dir, trust_remote_code=options.trust_remote_code
+            )
         return load_quietly(addon_class, model_dir)
 
     def embeddings(self, case: CaseSpec, prompt_tokens: Any) -> tuple[Any, Any]:

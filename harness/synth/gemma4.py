@@ -3,46 +3,23 @@
 The directory looks like an mlx-vlm converted Gemma 4 model (mlx-vlm key names, one
 safetensors shard + index, tokenizer, chat template, processor and generation configs) so
 that the real `mlx_lm.load` and `mlx_vlm.load` both accept it. Recipe and pitfalls:
-shared/notes/stack-facts.md.
+shared/notes/stack-facts.md. The options and what the loaders require of them:
+gemma4_spec.py.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from .gemma4_spec import GEMMA4_SPECIALS, PRESETS, SPECIALS, Spec, layer_types
 from .tokenizer import build_bpe_tokenizer
+
+__all__ = ["PRESETS", "SYNTH_VERSION", "Spec", "build"]
 
 # Bump when the files written change, so cached checkpoints are rebuilt.
 SYNTH_VERSION = 2
-
-BASE_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
-# Flat special-token keys as in the public Gemma 4 tokenizer_config.json; without them the
-# processor's image_token_id is None (stack-facts pitfall 3).
-GEMMA4_SPECIALS = {
-    "sot_token": "<|turn>",
-    "eot_token": "<turn|>",
-    "soc_token": "<|channel>",
-    "eoc_token": "<channel|>",
-    "think_token": "<|think|>",
-    "boi_token": "<|image>",
-    "eoi_token": "<image|>",
-    "image_token": "<|image|>",
-    "boa_token": "<|audio>",
-    "eoa_token": "<audio|>",
-    "audio_token": "<|audio|>",
-    "video_token": "<|video|>",
-    "escape_token": '<|"|>',
-    "str_token": "<|tool_response>",
-    "etr_token": "<tool_response|>",
-    "stc_token": "<|tool_call>",
-    "etc_token": "<tool_call|>",
-    "std_token": "<|tool>",
-    "etd_token": "<tool|>",
-}
 
 # A simplified Gemma 4 chat template (turn markers, image placeholders, thinking switch).
 # Without a template file the processor renders prompts with no turn markers (pitfall 4).
@@ -81,94 +58,6 @@ CHAT_TEMPLATE = "".join(
 )
 
 
-# Dimensions per preset; any field given explicitly overrides its preset value.
-# "e2b" follows the published Gemma 4 E2B config (text and vision towers), 4-bit like the
-# "-MLX-4bit" community conversions.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "hidden_size": 64,
-        "num_layers": 4,
-        "kv_shared_layers": 2,
-        "per_layer_input_size": 16,
-        "vocab_size": 512,
-        "soft_tokens": 70,
-        "num_heads": 4,
-        "head_dim": 16,
-        "global_head_dim": 32,
-        "intermediate_size": 128,
-        "full_attention_every": 2,
-        "vision_hidden_size": 32,
-        "vision_layers": 2,
-        "vision_heads": 2,
-        "vision_head_dim": 16,
-        "vision_intermediate_size": 64,
-        "vision_position_embeddings": 256,
-        "quantize_bits": None,
-    },
-    "e2b": {
-        "hidden_size": 1536,
-        "num_layers": 35,
-        "kv_shared_layers": 20,
-        "per_layer_input_size": 256,
-        "vocab_size": 262144,
-        "soft_tokens": 280,
-        "num_heads": 8,
-        "head_dim": 256,
-        "global_head_dim": 512,
-        "intermediate_size": 6144,
-        "full_attention_every": 5,
-        "vision_hidden_size": 768,
-        "vision_layers": 16,
-        "vision_heads": 12,
-        "vision_head_dim": 64,
-        "vision_intermediate_size": 3072,
-        "vision_position_embeddings": 10240,
-        "quantize_bits": 4,
-    },
-}
-
-
-class Spec(BaseModel):
-    """What to build. Every field is part of the cache key."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    preset: Literal["tiny", "e2b"] = "tiny"
-    hidden_size: int = Field(ge=16, description="sqrt(hidden) is mlx-lm's embed_scale")
-    num_layers: int = Field(ge=2)
-    kv_shared_layers: int = Field(ge=0)
-    per_layer_input_size: int = Field(ge=0, description="0 disables per-layer inputs")
-    vocab_size: int = Field(ge=400)
-    soft_tokens: int = Field(ge=9, description="max_soft_tokens per image")
-    num_heads: int = Field(ge=1)
-    head_dim: int = Field(ge=2)
-    global_head_dim: int = Field(ge=2)
-    intermediate_size: int = Field(ge=1)
-    full_attention_every: int = Field(ge=1, description="every Nth layer is full attention")
-    vision_hidden_size: int = Field(ge=8)
-    vision_layers: int = Field(ge=1)
-    vision_heads: int = Field(ge=1)
-    vision_head_dim: int = Field(ge=2)
-    vision_intermediate_size: int = Field(ge=1)
-    vision_position_embeddings: int = Field(ge=16)
-    quantize_bits: Literal[4, 8] | None
-    sliding_window: int = Field(512, ge=1)
-    bidirectional: Literal["none", "vision"] = "none"
-    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
-    logit_scale: float = Field(1.0, gt=0, description="final-norm factor: >1 sharpens logits")
-    seed: int = 0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        preset = data.get("preset", "tiny")
-        if preset not in PRESETS:
-            return data  # the Literal check reports it
-        return {**PRESETS[preset], **data}
-
-
 def _special_ids_config(ids: dict[str, int]) -> dict[str, Any]:
     return {
         "image_token_id": ids["<|image|>"],
@@ -185,10 +74,6 @@ def _special_ids_config(ids: dict[str, int]) -> dict[str, Any]:
 
 def text_config(spec: Spec, ids: dict[str, int]) -> dict[str, Any]:
     every = spec.full_attention_every
-    layer_types = [
-        "full_attention" if (i + 1) % every == 0 else "sliding_attention"
-        for i in range(spec.num_layers)
-    ]
     return {
         "model_type": "gemma4_text",
         "hidden_size": spec.hidden_size,
@@ -203,7 +88,7 @@ def text_config(spec: Spec, ids: dict[str, int]) -> dict[str, Any]:
         "hidden_size_per_layer_input": spec.per_layer_input_size,
         "vocab_size": spec.vocab_size,
         "vocab_size_per_layer_input": spec.vocab_size,
-        "layer_types": layer_types,
+        "layer_types": layer_types(spec.num_layers, every),
         "sliding_window": spec.sliding_window,
         "sliding_window_pattern": every,
         # Explicit: mlx-lm and mlx-vlm default the rotary fraction differently (pitfall 2).
@@ -356,7 +241,7 @@ def build(spec: Spec, out: Path) -> None:
 
     from .weights import write_random_weights
 
-    ids = build_bpe_tokenizer(out, BASE_SPECIALS + list(GEMMA4_SPECIALS.values()), spec.vocab_size)
+    ids = build_bpe_tokenizer(out, SPECIALS, spec.vocab_size)
     config = model_config(spec, ids)
     mx.random.seed(spec.seed)
     quantize = (64, spec.quantize_bits) if spec.quantize_bits is not None else None
