@@ -25,14 +25,6 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _warm_report_imports() -> None:
-    """Import the report's table libraries while the workers run: the parent would
-    otherwise idle during the captures and then pay these imports at the end. (matplotlib
-    is left out: figures are only drawn for runs that diverged.)"""
-    import pandas  # noqa: F401
-    import pyarrow.parquet  # noqa: F401
-
-
 EXIT_CODES = """exit codes:
   0    every selected case was compared and passed (skips allowed unless --strict)
   1    a check failed, a case errored at run time, or (--strict) a case was skipped
@@ -56,7 +48,7 @@ def _select(cases: list, errors: list, args: argparse.Namespace) -> tuple[list, 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .policy import ImportPolicy
-    from .report import check_report_dir
+    from .report_files import check_report_dir
 
     problem = check_report_dir(args.report_dir, junit=args.junit)
     if problem:
@@ -73,7 +65,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cases, errors = load_cases(args.cases or [DEFAULT_CASES], **_load_options(args))
     cases, errors = _select(cases, errors, args)
-    threading.Thread(target=_warm_report_imports, daemon=True).start()
+    # Replacing the last report with an INCOMPLETE one imports the report's libraries (~1 s)
+    # while the worker starts; joined before the final report is written.
+    placeholder = threading.Thread(target=_report_in_progress, args=(args,), daemon=True)
+    placeholder.start()
     options = RunOptions(
         layer_probes=not args.no_layer_probes,
         keep_tensors=args.report_dir / "captures" if args.keep_tensors else None,
@@ -84,9 +79,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         strict=args.strict,
         max_image_pixels=args.max_image_pixels,
     )
+    if args.keep_tensors:  # captures are written into the report dir as the run goes
+        placeholder.join()
     progress = Progress()
     _interrupt_on_sigterm()
-    _report_in_progress(args)
     if progress.interactive:
         from rich.console import Console
 
@@ -98,6 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = run_cases(cases, errors, progress, options)
     from .report import write_reports
 
+    placeholder.join()
     outputs = write_reports(result, args.report_dir, args.junit, args.figures)
     if progress.interactive:
         print_table(result.verdicts)

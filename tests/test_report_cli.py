@@ -109,14 +109,10 @@ def test_addon_from_another_package_through_the_cli(tmp_path):
     package = tmp_path / "engine_addons"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "gemma4_vision.py").write_text(
-        textwrap.dedent("""
-        from harness.addons.gemma4 import AddOn as _Reference
-
-        class Gemma4VisionAddOn(_Reference):
-            '''An engine's add-on, defined outside the harness package.'''
-    """)
-    )
+    # The README's complete example, as written there.
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("A complete external add-on")[1].split("```python\n")[1]
+    (package / "gemma4_vision.py").write_text(example.split("```")[0])
     case = _case(tmp_path, "external", "addon: 'engine_addons.gemma4_vision:Gemma4VisionAddOn'\n")
     result = run_cli("run", case, "--report-dir", tmp_path / "r", pythonpath=tmp_path)
     assert result.returncode == 2, "an add-on outside the harness needs --allow-import"
