@@ -9,8 +9,17 @@ import numpy as np
 
 from .cases import CaseSpec
 from .checks import CheckSpec, guard
+from .differences import first_difference, ids_difference
 from .probes import LAYER_OUT, LAYER_PLI
-from .records import Capture, CheckResult, Status, Verdict, layer_stage, stage_rank
+from .records import (
+    STAGE_ORDER,
+    Capture,
+    CheckResult,
+    Status,
+    Verdict,
+    layer_stage,
+    stage_rank,
+)
 
 GUARD = "guard"  # the `check` of the one shape / non-finite / empty row of a stage
 
@@ -217,18 +226,65 @@ def _grid_shape(n: int, aspect: float) -> tuple[int, int]:
     return rows, n // rows
 
 
+def compared_arrays(
+    reference: Capture, candidate: Capture
+) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """Every stage both paths captured, in data-flow order, as compared (layer rows
+    aligned): stage -> (reference, candidate, reference dtype)."""
+    prompt_len = len(reference.arrays.get("input_ids", ()))
+    arrays: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+    for stage in STAGE_ORDER:
+        if stage == "layers":
+            for index in range(min(_layer_count(reference), _layer_count(candidate))):
+                key = f"{LAYER_OUT}.{index}"
+                if key in reference.arrays and key in candidate.arrays:
+                    ref, test, _ = _align_rows(
+                        reference.arrays[key], candidate.arrays[key], prompt_len
+                    )
+                    arrays[layer_stage(index)] = (ref, test, reference.dtypes.get(key, "float32"))
+        elif stage in reference.arrays and stage in candidate.arrays:
+            arrays[stage] = (
+                reference.arrays[stage],
+                candidate.arrays[stage],
+                reference.dtypes.get(stage, "float32"),
+            )
+    return arrays
+
+
+def _failure_detail(check: CheckResult) -> str:
+    text = f"{check.check} {check.metric}={check.value:.3g} > {check.threshold:.3g}"
+    return f"{text}: {check.detail}" if check.detail else text
+
+
 def verdict(
     case: CaseSpec, reference: Capture, candidate: Capture, image_token_id: int | None = None
 ) -> Verdict:
     results = compare(case, reference, candidate)
+    ids_detail = ids_difference(reference, candidate, image_token_id)
+    if ids_detail:  # a length or token mismatch explains itself in the ids check too
+        results = [
+            replace(r, detail=f"{r.detail}; {ids_detail}" if r.detail else ids_detail)
+            if r.stage == "input_ids" and not r.passed
+            else r
+            for r in results
+        ]
     failed = [r for r in results if not r.passed]
     first = min(failed, key=lambda r: stage_rank(r.stage)).stage if failed else None
+    gating = [r for r in failed if r.gating]
+    failure = min(gating, key=lambda r: stage_rank(r.stage)) if gating else None
+    arrays = compared_arrays(reference, candidate)
+    difference = first_difference(list(arrays), reference, candidate, image_token_id, arrays)
     return Verdict(
         case_id=case.id,
         source=case.source,
-        status=Status.FAIL if any(r.gating for r in failed) else Status.PASS,
+        status=Status.FAIL if gating else Status.PASS,
         checks=tuple(results),
         first_divergence=first,
+        first_difference=difference.stage if difference else None,
+        first_difference_detail=difference.detail if difference else "",
+        first_failure=failure.stage if failure else None,
+        first_failure_detail=_failure_detail(failure) if failure else "",
+        prompt_texts=(reference.prompt_text, candidate.prompt_text) if ids_detail else (),
         reference=reference.path,
         candidate=candidate.path,
         provenance={

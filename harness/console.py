@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from .explain import explain
 from .records import Status, Verdict
 
 STATUS_STYLE = {"pass": "green", "fail": "bold red", "error": "red", "skip": "yellow"}
@@ -40,13 +41,15 @@ def check_summary(verdict: Verdict) -> str:
 
 
 def verdict_line(verdict: Verdict) -> str:
-    """`PASS gemma4_text  logits max_abs_diff=0`, `FAIL ...  first divergence: ...`."""
+    """`PASS gemma4_text  logits max_abs_diff=0`; where the paths differ, the first
+    difference and the first failure follow (see `explain`)."""
     parts = [verdict.status.value.upper(), verdict.case_id]
-    if verdict.status is Status.FAIL and verdict.first_divergence:
-        parts.append(f" first divergence: {verdict.first_divergence};")
     summary = check_summary(verdict)
-    if summary and verdict.status in (Status.PASS, Status.FAIL):
+    if verdict.status is Status.PASS and summary:
         parts.append(f" {summary}")
+    story = explain(verdict)
+    if story and (verdict.status is Status.FAIL or verdict.first_difference):
+        parts.append(f" {story}" if verdict.status is Status.FAIL else f"; {story}")
     if verdict.reason:
         parts.append(f" {verdict.reason}")
     return _clean(" ".join(parts))
@@ -100,15 +103,15 @@ def print_table(verdicts: tuple[Verdict, ...]) -> None:
 
     table = Table(title=f"mlx-parity: {len(verdicts)} case(s)")
     table.add_column("case", no_wrap=True)
-    for column in ("status", "first divergence", "deciding check", "reason"):
+    for column in ("status", "first difference", "first failure", "reason"):
         table.add_column(column, overflow="fold")
     for v in verdicts:
         status = f"[{STATUS_STYLE[v.status.value]}]{v.status.value}[/]"
         table.add_row(
             escape(_clean(v.case_id)),
             status,
-            escape(v.first_divergence or ""),
-            escape(check_summary(v)),
+            escape(f"{v.first_difference or ''} {v.first_difference_detail}".strip()),
+            escape(f"{v.first_failure or ''} {v.first_failure_detail}".strip()),
             escape(_clean(v.reason)),
         )
     Console().print(table)

@@ -14,7 +14,14 @@ import numpy as np
 
 # The order in which data flows through a decoder; "first diverging stage" follows it.
 # "layers" stands for the per-layer stages "layer.0" ... "layer.N-1".
-STAGE_ORDER: tuple[str, ...] = ("input_ids", "per_layer_inputs", "embeddings", "layers", "logits")
+STAGE_ORDER: tuple[str, ...] = (
+    "input_ids",
+    "per_layer_inputs",
+    "embeddings",
+    "attention_mask",
+    "layers",
+    "logits",
+)
 LAYER_PREFIX = "layer."
 
 
@@ -44,6 +51,10 @@ class Capture:
     provenance: Mapping[str, str] = field(default_factory=dict)
     # Where the per-layer probes sat, e.g. "gemma4_text.Gemma4TextModel.layers (4)".
     layer_tree: str = ""
+    # The prompt as the path rendered it (chat template applied), shown when ids differ.
+    prompt_text: str = ""
+    # Token strings of input_ids (decoded one by one), for "first differing position".
+    tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,8 +92,19 @@ class Verdict:
     source: str
     status: Status
     checks: tuple[CheckResult, ...] = ()
+    # First stage with any failed check, gating or diagnostic (where drift is located).
     first_divergence: str | None = None
     reason: str = ""
+    # First stage whose captured arrays differ at all, even within tolerance, and how.
+    first_difference: str | None = None
+    first_difference_detail: str = ""
+    # First stage with a failed gating check (what fails the case), and which check.
+    first_failure: str | None = None
+    first_failure_detail: str = ""
+    # Both paths' rendered prompts (reference, candidate), kept when their ids differ.
+    prompt_texts: tuple[str, ...] = ()
+    # What the measured noise envelope says about the differences after the first one.
+    envelope_note: str = ""
     # An ERROR caused by the case file or its names (exit code 2), not by a run.
     config_error: bool = False
     reference: str = ""

@@ -12,6 +12,7 @@ from typing import Literal
 import pandas as pd
 
 from . import plots
+from .explain import explain
 from .records import Verdict
 from .report_files import atomic_write, check_report_dir, staged_dir
 from .report_junit import junit_xml
@@ -56,7 +57,14 @@ def _rows(verdict: Verdict, run: RunResult) -> list[dict[str, object]]:
         "source": verdict.source,
         "status": verdict.status.value,
         "first_divergence": verdict.first_divergence,
+        "first_difference": verdict.first_difference,
+        "first_difference_detail": verdict.first_difference_detail,
+        "first_failure": verdict.first_failure,
+        "first_failure_detail": verdict.first_failure_detail,
+        "explanation": explain(verdict),
         "reason": verdict.reason,
+        "reference_prompt": verdict.prompt_texts[0] if verdict.prompt_texts else None,
+        "candidate_prompt": verdict.prompt_texts[1] if verdict.prompt_texts else None,
         "reference": verdict.reference,
         "candidate": verdict.candidate,
         **{f"run_{k}": v for k, v in run.provenance.items()},

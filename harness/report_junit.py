@@ -7,6 +7,7 @@ import math
 import re
 from xml.etree import ElementTree as ET
 
+from .explain import explain
 from .records import CheckResult, Status, Verdict, stage_rank
 from .runner import RunResult
 
@@ -40,10 +41,10 @@ def _failure_message(verdict: Verdict, failed: list[CheckResult]) -> str:
     if not failed:
         return f"failed, no gating check recorded (first divergence: {verdict.first_divergence})"
     first = min((c.stage for c in failed), key=stage_rank)
-    message = f"{len(failed)} gating check(s) failed, first at {first}"
-    if verdict.first_divergence and verdict.first_divergence != first:
-        message += f" (a diagnostic diverged earlier, at {verdict.first_divergence})"
-    return message
+    story = explain(verdict)
+    return f"{len(failed)} gating check(s) failed, first at {first}" + (
+        f"; {story}" if story else ""
+    )
 
 
 def _seconds(value: float) -> float:

@@ -8,6 +8,7 @@ import math
 import re
 from collections import Counter
 
+from .explain import explain, schedule_note
 from .records import Verdict
 from .report_junit import ANSI
 from .runner import EXIT_NOTHING_COMPARED, RunResult
@@ -85,20 +86,16 @@ def markdown(run: RunResult) -> str:
         f"**{_headline(run)}**: {summary}  ",
         f"{versions} · commit {md_text(run.provenance.get('commit', '?'))}",
         "",
-        "| case | status | first divergence | worst gating check (value / threshold) | note |",
+        "| case | status | first difference (even within tolerance) | first failure | note |",
         "|---|---|---|---|---|",
     ]
     for v in run.verdicts:
-        worst = v.worst_check()
-        worst_text = (
-            f"{md_text(worst.stage)} {md_text(worst.metric)} "
-            f"{_fmt(worst.value)} / {_fmt(worst.threshold)}"
-            if worst
-            else ""
-        )
+        difference = f"{v.first_difference or ''} {v.first_difference_detail}".strip()
+        failure = f"{v.first_failure or ''} {v.first_failure_detail}".strip()
+        note = "; ".join(t for t in (v.reason, schedule_note(v)) if t)
         lines.append(
-            f"| {md_text(v.case_id)} | {v.status.value} | {md_text(v.first_divergence or '')} "
-            f"| {worst_text} | {md_text(v.reason)} |"
+            f"| {md_text(v.case_id)} | {v.status.value} | {md_text(difference, 160)} "
+            f"| {md_text(failure, 160)} | {md_text(note)} |"
         )
     lines += _divergence_section(run)
     return "\n".join(lines) + "\n"
@@ -122,16 +119,24 @@ def _check_line(check) -> str:
 
 
 def _divergence_section(run: RunResult) -> list[str]:
-    """For each case with a divergence: the first stage and the checks that failed there."""
-    diverged: list[Verdict] = [v for v in run.verdicts if v.first_divergence]
+    """For each case whose paths differ: the sentence (first difference, first failure),
+    the checks that failed at the first failing (or diverging) stage, and both rendered
+    prompts when the ids differ."""
+    diverged: list[Verdict] = [
+        v for v in run.verdicts if v.first_difference or v.first_divergence
+    ]
     if not diverged:
         return []
     lines = ["", "### Where parity breaks", ""]
     for v in diverged:
-        first = [c for c in v.checks if c.stage == v.first_divergence and not c.passed]
-        lines.append(
-            f"- **{md_text(v.case_id)}** ({v.status.value}): first divergence at "
-            f"{md_code(v.first_divergence)}"
-        )
-        lines += [_check_line(c) for c in first]
+        stage = v.first_failure or v.first_divergence
+        failed = [c for c in v.checks if c.stage == stage and not c.passed]
+        lines.append(f"- **{md_text(v.case_id)}** ({v.status.value}): {md_text(explain(v), 600)}")
+        lines += [_check_line(c) for c in failed]
+        if v.prompt_texts:
+            lines.append("  <details><summary>rendered prompts</summary>")
+            lines.append("")
+            for label, text in zip((v.reference, v.candidate), v.prompt_texts, strict=False):
+                lines.append(f"  - {md_text(label)}: {md_text(text, 1200)}")
+            lines.append("  </details>")
     return lines

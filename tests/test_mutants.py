@@ -111,10 +111,12 @@ def test_report_explains_where_parity_breaks(mutant_run, tmp_path):
 
     text = markdown(mutant_run)
     assert "### Where parity breaks" in text
-    assert (
-        "**gemma4_one_image--NudgeLayerTwoInput--exact** (fail): first divergence at "
-        "`layer.2`" in text
-    )
+    (line,) = [
+        t
+        for t in text.splitlines()
+        if t.startswith("- **gemma4_one_image--NudgeLayerTwoInput--exact**")
+    ]
+    assert "(fail): layer.2 differs first" in line and "first failure: layer.2 stats" in line
     outputs = write_reports(mutant_run, tmp_path)
     with Image.open(outputs["layers_figure"]) as figure:
         assert figure.size[0] > 500
