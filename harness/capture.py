@@ -11,7 +11,12 @@ import mlx.core as mx
 import numpy as np
 
 from .probes import Recording
+from .probes._masks import stacked_grids
 from .records import Capture
+
+# Capture.tokens holds at most this many decoded tokens (one decode call per token).
+MAX_DECODED_TOKENS = 4096
+MASK_STAGE = "attention_mask"
 
 _WIDEN = {mx.bfloat16, mx.float16}
 
@@ -63,6 +68,27 @@ def prefill_schedule(embedding_calls: Sequence[mx.array], prompt_len: int) -> tu
     return tuple(lengths)
 
 
+def decoded_tokens(tokenizer: Any, input_ids: mx.array) -> tuple[str, ...]:
+    """Each input id decoded on its own (the first MAX_DECODED_TOKENS)."""
+    if tokenizer is None:
+        return ()
+    ids = input_ids.reshape(-1)[:MAX_DECODED_TOKENS].tolist()
+    return tuple(str(tokenizer.decode([int(i)])) for i in ids)
+
+
+def mask_arrays(
+    recording: Recording, n_calls: int, prompt_len: int
+) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """The `attention_mask` stage, [L, n_types, L] uint8 (1 = may attend; query-major, so
+    its rows are prompt positions), and a view `attention_mask.<type>` [L, L] per type."""
+    if not recording.masks:
+        return {}, ()
+    types, stacked = stacked_grids(recording.masks, n_calls, prompt_len)
+    arrays = {MASK_STAGE: stacked}
+    arrays |= {f"{MASK_STAGE}.{kind}": stacked[:, i, :] for i, kind in enumerate(types)}
+    return arrays, types
+
+
 def build_capture(
     path: str,
     case_id: str,
@@ -71,6 +97,9 @@ def build_capture(
     logits: mx.array | None,
     provenance: Mapping[str, Any],
     layer_tree: str = "",
+    *,
+    prompt_text: str = "",
+    tokenizer: Any = None,
 ) -> Capture:
     if logits is None:
         raise RuntimeError("the prompt's forward pass produced no logits")
@@ -89,14 +118,22 @@ def build_capture(
     dtypes: dict[str, str] = {}
     for stage, value in stages.items():
         arrays[stage], dtypes[stage] = to_numpy(value)
+    masks, mask_types = mask_arrays(recording, len(chunks), prompt_len)
+    arrays |= masks
+    dtypes |= dict.fromkeys(masks, "bool")
+    provenance = {k: str(v) for k, v in provenance.items()}
+    if mask_types:
+        provenance["attention_mask_types"] = ",".join(mask_types)
     return Capture(
         path=path,
         case_id=case_id,
         arrays=arrays,
         dtypes=dtypes,
         prefill_chunks=chunks,
-        provenance={k: str(v) for k, v in provenance.items()},
+        provenance=provenance,
         layer_tree=layer_tree,
+        prompt_text=prompt_text,
+        tokens=decoded_tokens(tokenizer, input_ids),
     )
 
 
@@ -105,15 +142,26 @@ def capture_first_token(
     case_id: str,
     input_ids: mx.array,
     start_steps: Callable[[list[Any]], Iterator[Any]],
+    *,
+    prompt_text: str = "",
+    tokenizer: Any = None,
 ) -> Capture:
     """Run a path's own generation loop up to the first token with the probes installed.
 
-    `session` has `name`, `model`, `model_type`, `layer_probes` and `provenance`;
-    `start_steps(logits_processors)` starts the path's `generate_step`."""
+    `session` has `name`, `model`, `model_type`, `layer_probes` and `provenance`, and may
+    have `perturb_embeddings(x, offset)` (what enters decoder layer 0 is replaced by its
+    result; see `probes.install`); `start_steps(logits_processors)` starts the path's
+    `generate_step`. With a `tokenizer`, the capture's `tokens` are the ids decoded one by
+    one."""
     from . import probes
 
     first_logits = FirstLogits()
-    with probes.install(session.model, session.model_type, session.layer_probes) as recording:
+    with probes.install(
+        session.model,
+        session.model_type,
+        session.layer_probes,
+        perturb_embeddings=getattr(session, "perturb_embeddings", None),
+    ) as recording:
         steps = start_steps([first_logits])
         next(steps)
         steps.close()
@@ -125,6 +173,8 @@ def capture_first_token(
         first_logits.logits,
         session.provenance,
         probes.layer_tree(session.model),
+        prompt_text=prompt_text,
+        tokenizer=tokenizer,
     )
 
 
@@ -142,6 +192,8 @@ def save_capture(capture: Capture, path: Path) -> None:
         "dtypes": dict(capture.dtypes),
         "layer_tree": capture.layer_tree,
         "provenance": dict(capture.provenance),
+        "prompt_text": capture.prompt_text,
+        "tokens": list(capture.tokens),
     }
     tensors = {k: np.ascontiguousarray(v) for k, v in capture.arrays.items()}
     save_file(tensors, str(path), metadata={"mlx_parity": json.dumps(metadata, sort_keys=True)})
@@ -161,4 +213,6 @@ def load_capture(path: Path) -> Capture:
         prefill_chunks=tuple(metadata["prefill_chunks"]),
         provenance=metadata["provenance"],
         layer_tree=metadata["layer_tree"],
+        prompt_text=metadata.get("prompt_text", ""),
+        tokens=tuple(metadata.get("tokens", ())),
     )

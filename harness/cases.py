@@ -107,6 +107,9 @@ class CaseSpec(_Strict):
     tolerances: dict[str, list[CheckSpec]] = Field(default_factory=dict)
     markers: list[str] = Field(default_factory=list)
     trust_remote_code: bool = False
+    # Draws of the noise envelope (harness.envelope) when the first difference is a
+    # tolerated one at the embeddings; 0 turns it off.
+    noise_envelope: int = Field(3, ge=0, le=16)
 
     @field_validator("id")
     @classmethod

@@ -33,10 +33,11 @@ def check_summary(verdict: Verdict) -> str:
     worst = verdict.worst_check()
     if worst is None:
         return ""
-    relation = "<=" if worst.passed else ">"
     text = f"{worst.stage} {worst.metric}={_number(worst.value)}"
-    if worst.threshold != 0 or not worst.passed:
-        text += f" ({relation} {_number(worst.threshold)})"
+    if worst.passed and worst.value > worst.threshold:  # forgiven by the noise envelope
+        text += f" (> {_number(worst.threshold)}, within the noise envelope)"
+    elif worst.threshold != 0 or not worst.passed:
+        text += f" ({'<=' if worst.passed else '>'} {_number(worst.threshold)})"
     return text
 
 
@@ -47,12 +48,13 @@ def verdict_line(verdict: Verdict) -> str:
     summary = check_summary(verdict)
     if verdict.status is Status.PASS and summary:
         parts.append(f" {summary}")
+    line = " ".join(parts)
     story = explain(verdict)
     if story and (verdict.status is Status.FAIL or verdict.first_difference):
-        parts.append(f" {story}" if verdict.status is Status.FAIL else f"; {story}")
+        line += f"  {story}" if verdict.status is Status.FAIL else f"; {story}"
     if verdict.reason:
-        parts.append(f" {verdict.reason}")
-    return _clean(" ".join(parts))
+        line += f"  {verdict.reason}"
+    return _clean(line)
 
 
 class Progress:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .capture import save_capture
 from .cases import CaseError, CaseSpec
+from .patches import patched_library_classes
 from .paths import SessionOptions, resolve_session_class
 from .policy import remote_code
 from .records import Capture
@@ -91,6 +92,25 @@ class ExitAttempt(Exception):
     a silent exit 0 with no report."""
 
 
+class PatchedLibraries(RuntimeError):
+    pass
+
+
+def _refuse_patched_libraries(key: SessionKey) -> None:
+    """A session without an add-on must see the libraries as installed: an add-on imported
+    earlier in this process (--isolation none, several model groups) may have replaced
+    their classes."""
+    if key.options.addon is not None:
+        return
+    patched = patched_library_classes()
+    if patched:
+        raise PatchedLibraries(
+            f"an add-on imported earlier in this process replaced library classes "
+            f"({', '.join(patched[:3])}); comparing against unpatched {key.path} is "
+            "impossible here: run with --isolation process"
+        )
+
+
 def _session_failure(exc: BaseException, case: CaseSpec, key: SessionKey) -> tuple[str, bool]:
     field = getattr(exc, "field", None)
     if field:  # the case named something that does not work: say which field
@@ -98,13 +118,23 @@ def _session_failure(exc: BaseException, case: CaseSpec, key: SessionKey) -> tup
     return f"path {key.path} failed to load: {one_line(exc)}", False
 
 
-def execute_plan(plan: Plan, model_dir: Path, keep_tensors: Path | None, emit: Emit) -> None:
+def execute_plan(
+    plan: Plan,
+    model_dir: Path,
+    keep_tensors: Path | None,
+    perturbations: dict | None = None,
+    *,
+    emit: Emit,
+) -> None:
+    """Run each session of `plan` over its cases. `perturbations`: (case id, role) ->
+    (delta, seed) for noise-envelope draws of the reference (see harness.envelope)."""
     failed: set[str] = set()
     for index, (key, members) in enumerate(plan):
         emit("load", key.path, index)
         with remote_code(key.options.trust_remote_code):
             try:
                 session_class = resolve_session_class(key.path, key.options.imports)
+                _refuse_patched_libraries(key)
                 session = session_class(model_dir, key.options)
             except (Exception, SystemExit) as exc:
                 for case, _ in members:
@@ -113,8 +143,9 @@ def execute_plan(plan: Plan, model_dir: Path, keep_tensors: Path | None, emit: E
                 continue
             try:
                 for case, role in members:
+                    perturb = (perturbations or {}).get((case.id, role))
                     if case.id not in failed and not _capture_one(
-                        session, case, role, key, keep_tensors, emit
+                        session, case, role, key, keep_tensors, emit, perturb
                     ):
                         failed.add(case.id)
             finally:
@@ -125,11 +156,21 @@ def execute_plan(plan: Plan, model_dir: Path, keep_tensors: Path | None, emit: E
 
 
 def _capture_one(
-    session: Any, case: CaseSpec, role: str, key: SessionKey, keep: Path | None, emit: Emit
+    session: Any,
+    case: CaseSpec,
+    role: str,
+    key: SessionKey,
+    keep: Path | None,
+    emit: Emit,
+    perturb: tuple | None = None,
 ) -> bool:
     emit("start", case.id, role, key.path)
     started = time.perf_counter()
     try:
+        if perturb is not None:
+            from .envelope import perturbation
+
+            session.perturb_embeddings = perturbation(*perturb)
         capture = session.capture(case)
         if keep is not None:
             save_capture(capture, keep / case.id / f"{role}.safetensors")
@@ -142,6 +183,9 @@ def _capture_one(
     except Exception as exc:
         emit("failed", case.id, f"{role} path {key.path}: {one_line(exc)}")
     finally:
+        if perturb is not None:
+            with contextlib.suppress(AttributeError):
+                del session.perturb_embeddings
         emit("timing", case.id, time.perf_counter() - started)
     return False
 
@@ -156,7 +200,11 @@ def _observe_event(observe: Observer, model_dir: Path, event: str, *args: Any) -
 
 
 def run_in_process(
-    plan: Plan, model_dir: Path, keep_tensors: Path | None, observe: Observer
+    plan: Plan,
+    model_dir: Path,
+    keep_tensors: Path | None,
+    observe: Observer,
+    perturbations: dict | None = None,
 ) -> Outcome:
     outcome = Outcome()
 
@@ -165,7 +213,7 @@ def run_in_process(
         outcome.apply(event, *args)
 
     with _no_process_exit():
-        execute_plan(plan, model_dir, keep_tensors, emit)
+        execute_plan(plan, model_dir, keep_tensors, perturbations, emit=emit)
     return outcome
 
 
@@ -200,6 +248,7 @@ def run_in_workers(
     observe: Observer,
     timeout: float,
     prestart_next: bool = False,
+    perturbations: dict | None = None,
 ) -> Outcome:
     """Run `plan` in a spawned worker; when it dies or hangs, fail what it was doing and
     start a fresh worker for the rest. `prestart_next` warms a spare worker for the next
@@ -212,7 +261,7 @@ def run_in_workers(
         if prestart_next:
             prestart()
         try:
-            worker.conn.send((remaining, model_dir, keep_tensors))
+            worker.conn.send((remaining, model_dir, keep_tensors, perturbations))
             _follow(worker.process, worker.conn, remaining, outcome, model_dir, observe, timeout)
         finally:
             if worker.process.is_alive():

@@ -101,7 +101,7 @@ def test_probes_do_not_change_results(image_case):
             capture = session.capture(image_case)
             if not probed:
                 assert not [k for k in capture.arrays if k.startswith("layer_")]
-                prompt = mx.array(session.prompt_tokens(image_case))
+                prompt = mx.array(session.prompt_tokens(session.render_prompt(image_case)))
                 ids, embeddings = session.embeddings(image_case, prompt)
                 bare = FirstLogits()
                 steps = generate_step(

@@ -85,6 +85,8 @@ class NativeSession:
                 logits_processors=processors,
                 **inputs,
             ),
+            prompt_text=prompt,
+            tokenizer=getattr(self.processor, "tokenizer", self.processor),
         )
 
     def close(self) -> None:

@@ -50,15 +50,17 @@ class PlainTextSession:
         tokenizer_config = {"trust_remote_code": options.trust_remote_code}
         return load_quietly(mlx_lm.load, str(model_dir), tokenizer_config=tokenizer_config)
 
-    def prompt_tokens(self, case: CaseSpec) -> list[int]:
-        # Render, then encode without extra specials: the template owns BOS and turn
-        # markers, as in mlx-vlm's processor path.
-        text = self.tokenizer.apply_chat_template(
+    def render_prompt(self, case: CaseSpec) -> str:
+        return self.tokenizer.apply_chat_template(
             case.template_messages(),
             tokenize=False,
             add_generation_prompt=True,
             **case.chat_template_kwargs,
         )
+
+    def prompt_tokens(self, text: str) -> list[int]:
+        # Encode without extra specials: the template owns BOS and turn markers, as in
+        # mlx-vlm's processor path.
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def embeddings(self, case: CaseSpec, prompt_tokens: Any) -> tuple[Any, Any]:
@@ -73,7 +75,8 @@ class PlainTextSession:
         clear = getattr(self.addon, "clear_prediction_state", None)
         if callable(clear):
             clear(self.model)
-        prompt_tokens = self.prompt_tokens(case)
+        prompt = self.render_prompt(case)
+        prompt_tokens = self.prompt_tokens(prompt)
         check_image_placeholders(
             case, prompt_tokens.count(self.image_token_id), self.image_token_id
         )
@@ -90,6 +93,8 @@ class PlainTextSession:
                 input_embeddings=embeddings,
                 logits_processors=processors,
             ),
+            prompt_text=prompt,
+            tokenizer=self.tokenizer,
         )
 
     def close(self) -> None:

@@ -16,8 +16,14 @@ from typing import Any
 import mlx.core as mx
 
 from ..registry import find_module
+from ._masks import MaskCall, key_width, layer_types
 
 ALIASES: dict[str, str] = {"gemma4_text": "gemma4"}
+
+
+# perturb(x, offset) -> x: replaces what enters decoder layer 0 in every forward call;
+# `offset` is the number of prompt rows processed by earlier calls.
+Perturbation = Callable[[mx.array, int], mx.array]
 
 
 @dataclass
@@ -26,38 +32,84 @@ class Recording:
 
     `final_call_only`: stages whose prefill-chunk values the model itself never uses (MLX's
     lazy graph would skip computing them); they are kept for the final call only, so that
-    probing adds no compute, and compared at the last position."""
+    probing adds no compute, and compared at the last position.
+
+    `masks`: per layer type, the attention mask its first layer was called with in each
+    forward call, as passed (see `_masks`)."""
 
     calls: dict[str, list[mx.array]] = field(default_factory=dict)
     final_call_only: set[str] = field(default_factory=set)
+    masks: dict[str, list[MaskCall]] = field(default_factory=dict)
+    n_calls: int = 0  # forward calls seen by decoder layer 0
+    rows_seen: int = 0  # rows of those calls: the absolute position after the current one
 
     def add(self, stage: str, value: mx.array) -> None:
         self.calls.setdefault(stage, []).append(value)
 
+    def begin_call(self, rows: int) -> int:
+        """Layer 0 starts a forward call of `rows` rows; returns the rows before it."""
+        start = self.rows_seen
+        self.n_calls += 1
+        self.rows_seen += rows
+        return start
+
 
 class _LayerTap:
     """Stands in for a decoder layer in its parent's list; records what enters layer 0
-    (the embeddings after any scaling), what leaves every layer, and the per-layer input
-    each layer receives where the architecture has one. Records only: never changes the
-    arrays passed through."""
+    (the embeddings after any scaling), what leaves every layer, the per-layer input
+    each layer receives where the architecture has one, and the attention mask the first
+    layer of each type is called with. Records only: never changes the arrays passed
+    through, unless a perturbation of layer 0's input was asked for."""
 
-    def __init__(self, layer: Any, index: int, recording: Recording, outputs: bool) -> None:
+    def __init__(
+        self,
+        layer: Any,
+        index: int,
+        recording: Recording,
+        outputs: bool,
+        mask_type: str | None = None,
+        perturb: Perturbation | None = None,
+    ) -> None:
         self._layer = layer
         self._index = index
         self._recording = recording
         self._outputs = outputs
+        self._mask_type = mask_type
+        self._perturb = perturb
 
     def __call__(self, x: mx.array, *args: Any, **kwargs: Any) -> Any:
+        recording = self._recording
         if self._index == 0:
-            self._recording.add("embeddings", x)
-        if not self._outputs:
-            return self._layer(x, *args, **kwargs)
-        per_layer_input = kwargs.get("per_layer_input")
-        if per_layer_input is not None:
-            self._recording.add(f"{LAYER_PLI}.{self._index}", per_layer_input)
+            start = recording.begin_call(x.shape[1])
+            if self._perturb is not None:
+                x = self._perturb(x, start)
+            recording.add("embeddings", x)
+        if self._outputs:
+            per_layer_input = kwargs.get("per_layer_input")
+            if per_layer_input is not None:
+                recording.add(f"{LAYER_PLI}.{self._index}", per_layer_input)
         out = self._layer(x, *args, **kwargs)
-        self._recording.add(f"{LAYER_OUT}.{self._index}", out[0] if isinstance(out, tuple) else out)
+        if self._outputs:
+            recording.add(f"{LAYER_OUT}.{self._index}", out[0] if isinstance(out, tuple) else out)
+        if self._mask_type is not None:
+            self._record_mask(x, args, kwargs)
         return out
+
+    def _record_mask(self, x: mx.array, args: tuple, kwargs: dict) -> None:
+        """After the call: a rotating cache's width is known once it was updated. Only
+        references and shapes are kept; nothing is evaluated."""
+        recording = self._recording
+        mask = args[0] if args else kwargs.get("mask")
+        cache = args[1] if len(args) > 1 else kwargs.get("cache")
+        end = recording.rows_seen
+        call = MaskCall(
+            call=recording.n_calls - 1,
+            end=end,
+            queries=int(x.shape[1]),
+            width=key_width(mask, cache, end),
+            mask=mask,
+        )
+        recording.masks.setdefault(self._mask_type, []).append(call)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._layer, name)
@@ -75,12 +127,30 @@ def layer_tree(model: Any) -> str:
 
 
 @contextlib.contextmanager
-def tap_layers(model: Any, recording: Recording, outputs: bool = True) -> Iterator[None]:
-    """Tap layer 0's input always; every layer's output and per-layer input if `outputs`."""
+def tap_layers(
+    model: Any,
+    recording: Recording,
+    outputs: bool = True,
+    perturb: Perturbation | None = None,
+) -> Iterator[None]:
+    """Tap layer 0's input and the first layer of each attention type's mask always;
+    every layer's output and per-layer input if `outputs`."""
     layers = model.layers
     originals = list(layers)
-    for index, layer in enumerate(originals if outputs else originals[:1]):
-        layers[index] = _LayerTap(layer, index, recording, outputs)
+    first_of_type: dict[str, int] = {}
+    for index, kind in enumerate(layer_types(model, originals)):
+        first_of_type.setdefault(kind, index)
+    mask_types = {index: kind for kind, index in first_of_type.items()}
+    for index, layer in enumerate(originals):
+        if index == 0 or outputs or index in mask_types:
+            layers[index] = _LayerTap(
+                layer,
+                index,
+                recording,
+                outputs,
+                mask_type=mask_types.get(index),
+                perturb=perturb if index == 0 else None,
+            )
     try:
         yield
     finally:
@@ -110,10 +180,18 @@ def architecture_taps(model_type: str) -> Callable[[Any, Recording], Any] | None
 
 
 @contextlib.contextmanager
-def install(model: Any, model_type: str, layer_outputs: bool = True) -> Iterator[Recording]:
+def install(
+    model: Any,
+    model_type: str,
+    layer_outputs: bool = True,
+    perturb_embeddings: Perturbation | None = None,
+) -> Iterator[Recording]:
+    """Install every tap on `model` for the duration of the block. `perturb_embeddings(x,
+    offset)` (for noise envelopes) replaces what enters decoder layer 0, before it is
+    recorded: the captured embeddings are the perturbed ones."""
     recording = Recording()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(tap_layers(model, recording, layer_outputs))
+        stack.enter_context(tap_layers(model, recording, layer_outputs, perturb_embeddings))
         extra = architecture_taps(model_type)
         if extra is not None:
             stack.enter_context(extra(model, recording))
