@@ -56,20 +56,22 @@ def difference(
     if reference.shape != candidate.shape:
         detail = f"shape {tuple(candidate.shape)} vs reference {tuple(reference.shape)}"
         return StageDifference(stage, float("nan"), float("nan"), 0, 0, 0, detail)
-    ref = reference.astype(np.float64)
-    test = candidate.astype(np.float64)
-    unequal = ~((ref == test) | (np.isnan(ref) & np.isnan(test)))
+    if reference.dtype.kind in "biu" and candidate.dtype.kind in "biu":
+        # Ids and masks compare as they are (a 4k-token mask widened to float64 would take
+        # ~0.8 GB); only the differing elements are widened below.
+        unequal = reference != candidate
+    else:
+        unequal = ~((reference == candidate) | (np.isnan(reference) & np.isnan(candidate)))
     if not unequal.any():
         return None
-    diff = np.where(unequal, np.abs(ref - test), 0.0)
+    ref_values = reference[unequal].astype(np.float64)
+    diff = np.abs(ref_values - candidate[unequal].astype(np.float64))
     finite = np.isfinite(diff)
     max_abs = float(diff[finite].max()) if finite.any() else float("inf")
-    spacing = ulp(ref, dtype) if dtype in ("bfloat16", "float16", "float32") else None
-    max_ulps = (
-        float(np.max(np.where(finite, diff / spacing, np.inf)))
-        if spacing is not None
-        else float("nan")
-    )
+    if dtype in ("bfloat16", "float16", "float32") and reference.dtype.kind == "f":
+        max_ulps = float(np.max(np.where(finite, diff / ulp(ref_values, dtype), np.inf)))
+    else:
+        max_ulps = float("nan")
     per_row = reference.ndim >= 2 and reference.shape[0] > 1
     row_unequal = (
         unequal.reshape(reference.shape[0], -1).any(axis=1)
@@ -103,7 +105,9 @@ def _image_runs(ids: np.ndarray, image_token_id: int | None) -> list[int]:
 def _token(capture: Capture, index: int, ids: np.ndarray) -> str:
     text = capture.tokens[index] if index < len(capture.tokens) else ""
     shown = repr(text) if text else "?"
-    return f"{shown} (id {int(ids[index])})"
+    value = ids[index]
+    number = int(value) if np.isfinite(value) else value  # ids can hold NaN in a bad capture
+    return f"{shown} (id {number})"
 
 
 def ids_difference(reference: Capture, candidate: Capture, image_token_id: int | None) -> str:

@@ -50,15 +50,14 @@ def test_image_case_defaults_to_the_image_profile(tmp_path):
     )
     checks = case.checks()
     assert [s.check for s in checks["embeddings"]] == ["ulp"]
-    (topk,) = [s for s in checks["logits"] if s.gate]
-    assert {s.check for s in checks["logits"] if not s.gate} == {
-        "kl",
-        "top1",
-        "jaccard",
-        "max_delta_p",
-    }
+    # The engine's top-5 rule and KL gate; the other distribution metrics are diagnostics.
+    assert {s.check for s in checks["logits"] if s.gate} == {"topk", "kl"}
+    assert {s.check for s in checks["logits"] if not s.gate} == {"top1", "jaccard", "max_delta_p"}
     assert [s.gate for s in checks["layers"]] == [False]
+    (topk,) = [s for s in checks["logits"] if s.check == "topk"]
     assert (topk.k, topk.order, topk.prob_rtol, topk.ref_floor) == (5, True, 0.25, 1e-3)
+    (kl,) = [s for s in checks["logits"] if s.check == "kl" and s.gate]
+    assert kl.max == 1e-3
     assert case.image_files == [tmp_path / "a.png"]
 
 

@@ -22,8 +22,8 @@ MUTANTS = [
     ("gemma4_one_image", "PerLayerInputsNotZeroed", "per_layer_inputs"),
     ("gemma4_two_images", "PerLayerInputsNotPassed", "per_layer_inputs"),
     ("gemma4_split_prefill", "PerLayerInputsNotSliced", "per_layer_inputs"),
-    # Attention is the first thing the mask changes: decoder layer 0's output.
-    ("gemma4_bidirectional", "CausalVision", "layer.0"),
+    # The mask itself is captured: a causal mask over image blocks is named there.
+    ("gemma4_bidirectional", "CausalVision", "attention_mask"),
     # A perturbation that enters at one decoder layer is named at that layer.
     ("gemma4_one_image", "NudgeLayerTwoInput", "layer.2"),
     ("gemma4_text", "NudgeLayerTwoInput", "layer.2"),

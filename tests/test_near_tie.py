@@ -7,9 +7,16 @@ import pytest
 from conftest import CASES, TEST_MODULES
 
 from harness.cases import PathPair, load_case
+from harness.checks import TopkSpec
+from harness.profiles import DISTRIBUTION
 from harness.policy import ImportPolicy
 from harness.records import Status
 from harness.runner import RunOptions, run_cases
+
+
+NEAR_TIE_ONLY = {
+    "logits": [TopkSpec(k=5, order=True, prob_rtol=0.25, ref_floor=1e-3), *DISTRIBUTION]
+}
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +27,10 @@ def verdicts():
             update={
                 "id": "near-tie",
                 "profile": "image",
+                # This test is about the top-k near-tie rule alone: a 1-ulp move of the
+                # top-2 logits (0.0625 at ~10 in bf16) gives KL 0.0016, which the image
+                # profile's KL gate (1e-3) rejects on its own.
+                "tolerances": NEAR_TIE_ONLY,
                 "paths": PathPair(
                     reference="logit_paths:NearTieReference", candidate="logit_paths:NearTieSwapped"
                 ),
@@ -28,6 +39,7 @@ def verdicts():
         base.model_copy(
             update={
                 "id": "separated",
+                "tolerances": NEAR_TIE_ONLY,
                 "profile": "image",
                 "paths": PathPair(reference="mlx-vlm", candidate="logit_paths:SeparatedSwapped"),
             }

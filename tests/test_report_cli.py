@@ -34,7 +34,13 @@ def test_parquet_has_one_row_per_case_stage_metric(shipped_run, tmp_path):
         "run_commit",
     } <= set(frame.columns)
     one_image = checked[checked.case_id == "gemma4_one_image"]
-    assert set(one_image.stage) == {"input_ids", "per_layer_inputs", "embeddings", "logits"} | {
+    assert set(one_image.stage) == {
+        "input_ids",
+        "per_layer_inputs",
+        "embeddings",
+        "attention_mask",
+        "logits",
+    } | {
         f"layer.{i}" for i in range(4)
     }
     # A skipped case keeps one row with its reason.

@@ -99,7 +99,7 @@ class _LayerTap:
         """After the call: a rotating cache's width is known once it was updated. Only
         references and shapes are kept; nothing is evaluated."""
         recording = self._recording
-        mask = args[0] if args else kwargs.get("mask")
+        mask = args[0] if args else kwargs.get("mask", kwargs.get("attention_mask"))
         cache = args[1] if len(args) > 1 else kwargs.get("cache")
         end = recording.rows_seen
         call = MaskCall(
