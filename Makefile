@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CASES  ?= cases
 
-.PHONY: parity test lint bench venv clean
+.PHONY: parity test lint bench venv clean sweep
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-only \
 		--benchmark-storage=reports/bench --benchmark-autosave \
 		$$(ls reports/bench/*/*.json >/dev/null 2>&1 && echo --benchmark-compare)
+
+## Randomized sweep: N generated cases from SEED, run and classified (harness/sweep.py);
+## writes OUT (default reports/sweep): cases/, report/, classification.{json,parquet}.
+sweep: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m harness.sweep --n $(or $(N),50) --seed $(or $(SEED),0) \
+		--out $(or $(OUT),reports/sweep)
 
 clean:
 	rm -rf reports/latest .pytest_cache
