@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import mlx.core as mx
+from mlx_lm.models import gemma4_text
 
 from harness.addons.gemma4 import AddOn, UnifiedGemma4TextModel
 
@@ -134,3 +135,131 @@ class NotAnAddOn:
 
     def __init__(self, model_path):
         pass
+
+
+# --- Bug families exposed by the cases of tests/test_gemma4_families.py -------------------
+
+
+class _WindowlessDecoder(UnifiedGemma4TextModel):
+    def _make_masks(self, h, cache):
+        window, self.window_size = self.window_size, 1 << 30
+        try:
+            return super()._make_masks(h, cache)
+        finally:
+            self.window_size = window
+
+
+class WindowIgnored(AddOn):
+    """Sliding-window layers attend causally to every key their cache holds: the window
+    is ignored (invisible while the prompt fits in the window)."""
+
+    def patch_text_model(self, text_model):
+        text_model.language_model.model.__class__ = _WindowlessDecoder
+
+
+class _PositionFromCacheSize(UnifiedGemma4TextModel):
+    @staticmethod
+    def prompt_position(cache):
+        # A rotating cache's size() stops growing at the window: past it, the chunk's
+        # per-layer rows are taken from the wrong place.
+        return cache[0].size() if cache and cache[0] is not None else 0
+
+
+class PositionFromCacheSize(AddOn):
+    """The chunk's prompt position read from the layer-0 cache's size (capped at the
+    sliding window) instead of its offset: per-layer inputs mis-sliced past the window."""
+
+    def patch_text_model(self, text_model):
+        text_model.language_model.model.__class__ = _PositionFromCacheSize
+
+
+class _LoopScheduleDecoder(UnifiedGemma4TextModel):
+    def runs_in_one_pass(self, state, start, stop):
+        return False
+
+    @staticmethod
+    def _refuse_split_blocks(blocks, start, stop):
+        pass
+
+
+class LoopScheduleBidirectional(AddOn):
+    """Follows the engine loop's chunks for a bidirectional image prompt and lays the
+    image-block mask inside each chunk only (what mlx-vlm does when chunking is forced):
+    image tokens never see the later tokens of their block that fall in a later chunk."""
+
+    def patch_text_model(self, text_model):
+        text_model.language_model.model.__class__ = _LoopScheduleDecoder
+
+
+class _OneTokenDecodeDecoder(UnifiedGemma4TextModel):
+    def runs_in_one_pass(self, state, start, stop):
+        return stop - start > 1 and super().runs_in_one_pass(state, start, stop)
+
+    def _make_masks(self, h, cache):
+        if h.shape[1] == 1:  # "a one-token call is a decode step": no block check, causal
+            return gemma4_text.Gemma4TextModel._make_masks(self, h, cache)
+        return super()._make_masks(h, cache)
+
+
+class OneTokenChunkIsDecode(AddOn):
+    """Takes a one-token prefill chunk (`prefill_step_size: 1`) for a decode step: no
+    one-pass prefill, no image-block check, image tokens silently attend causally."""
+
+    def patch_text_model(self, text_model):
+        text_model.language_model.model.__class__ = _OneTokenDecodeDecoder
+
+
+class ReencodesWithSpecials(AddOn):
+    """Re-tokenizes the prompt with the tokenizer's defaults (special tokens on) before
+    expanding the image placeholders: a tokenizer that adds <bos> puts one more in front
+    of what native feeds. Invisible with a tokenizer that adds nothing."""
+
+    def compute_embeddings(self, text_model, prompt_tokens, images_b64, max_size):
+        tokenizer = self.processor.tokenizer
+        again = tokenizer.encode(tokenizer.decode(prompt_tokens.tolist()))
+        return super().compute_embeddings(text_model, mx.array(again), images_b64, max_size)
+
+
+def _reloaded(image, fmt, **options):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+class JpegTransport(AddOn):
+    """Images handed over as JPEG (quality 95) instead of their original bytes, as an
+    engine that re-encodes uploads would."""
+
+    @staticmethod
+    def load_images(images_b64, max_size):
+        return [_reloaded(i, "JPEG", quality=95) for i in AddOn.load_images(images_b64, max_size)]
+
+
+class Mirrored(AddOn):
+    """Images mirrored left-right (an orientation mistake)."""
+
+    @staticmethod
+    def load_images(images_b64, max_size):
+        from PIL import ImageOps
+
+        return [ImageOps.mirror(i) for i in AddOn.load_images(images_b64, max_size)]
+
+
+class LandscapeOnly(AddOn):
+    """Portrait images turned to landscape (rotated 90 degrees) before the processor, as an
+    engine that normalises orientation would: invisible while no image is taller than
+    wide."""
+
+    @staticmethod
+    def load_images(images_b64, max_size):
+        from PIL import Image
+
+        return [
+            i.transpose(Image.Transpose.ROTATE_90) if i.height > i.width else i
+            for i in AddOn.load_images(images_b64, max_size)
+        ]

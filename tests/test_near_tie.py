@@ -8,11 +8,10 @@ from conftest import CASES, TEST_MODULES
 
 from harness.cases import PathPair, load_case
 from harness.checks import TopkSpec
-from harness.profiles import DISTRIBUTION
 from harness.policy import ImportPolicy
+from harness.profiles import DISTRIBUTION
 from harness.records import Status
 from harness.runner import RunOptions, run_cases
-
 
 NEAR_TIE_ONLY = {
     "logits": [TopkSpec(k=5, order=True, prob_rtol=0.25, ref_floor=1e-3), *DISTRIBUTION]

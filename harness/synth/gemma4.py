@@ -186,8 +186,10 @@ def processor_config(spec: Spec) -> dict[str, Any]:
     }
 
 
-def tokenizer_config() -> dict[str, Any]:
+def tokenizer_config(spec: Spec | None = None) -> dict[str, Any]:
+    bos = {"add_bos_token": True} if spec is not None and spec.add_bos_token else {}
     return {
+        **bos,
         "tokenizer_class": "GemmaTokenizer",
         "backend": "tokenizers",
         "processor_class": "Gemma4Processor",
@@ -241,7 +243,9 @@ def build(spec: Spec, out: Path) -> None:
 
     from .weights import write_random_weights
 
-    ids = build_bpe_tokenizer(out, SPECIALS, spec.vocab_size)
+    ids = build_bpe_tokenizer(
+        out, SPECIALS, spec.vocab_size, bos_token="<bos>" if spec.add_bos_token else None
+    )
     config = model_config(spec, ids)
     mx.random.seed(spec.seed)
     quantize = (64, spec.quantize_bits) if spec.quantize_bits is not None else None
@@ -265,7 +269,7 @@ def build(spec: Spec, out: Path) -> None:
             "pad_token_id": ids["<pad>"],
         },
         "processor_config.json": processor_config(spec),
-        "tokenizer_config.json": tokenizer_config(),
+        "tokenizer_config.json": tokenizer_config(spec),
     }
     for name, payload in files.items():
         (out / name).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -18,7 +18,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 BASE_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 # Flat special-token keys as in the public Gemma 4 tokenizer_config.json; without them the
@@ -55,6 +65,10 @@ SUPPORTED_SOFT_TOKENS = (70, 140, 280, 560, 1120)
 
 # Beyond this the final softcap (30) saturates every top logit, and float16 overflows.
 MAX_LOGIT_SCALE = 1000.0
+
+# Options added after synthesizer version 2, with the default under which a dump leaves them
+# out (so that every checkpoint built before they existed keeps its cache key and bytes).
+OMITTED_WHEN_DEFAULT: dict[str, Any] = {"add_bos_token": False}
 
 # Dimensions per preset; any field given explicitly overrides its preset value.
 # "e2b" follows the published Gemma 4 E2B config (text and vision towers), 4-bit like the
@@ -155,6 +169,23 @@ class Spec(BaseModel):
         description="final-norm factor: >1 sharpens logits",
     )
     seed: int = Field(0, ge=0, lt=2**64, description="MLX seeds are unsigned 64-bit")
+    add_bos_token: bool = Field(
+        False,
+        description="the tokenizer adds <bos> when asked for special tokens "
+        "(tokenizer_config add_bos_token + a post-processor), as Gemma's own tokenizers do",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        # Options added after SYNTH_VERSION 2 appear in dumps (the cache key, synth_spec.json)
+        # only when set: checkpoints that do not use them keep their key and their bytes.
+        data = handler(self)
+        for name, default in OMITTED_WHEN_DEFAULT.items():
+            if data.get(name) == default:
+                del data[name]
+        return data
 
     @model_validator(mode="before")
     @classmethod

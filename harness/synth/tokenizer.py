@@ -31,12 +31,17 @@ _ALPHABET = list(
 _SPACE = "\u2581"
 
 
-def build_bpe_tokenizer(out: Path, specials: Sequence[str], vocab_size: int) -> dict[str, int]:
+def build_bpe_tokenizer(
+    out: Path, specials: Sequence[str], vocab_size: int, bos_token: str | None = None
+) -> dict[str, int]:
     """Write `tokenizer.json` with exactly `vocab_size` ids; return the special-token ids.
 
     Layout: specials first (stable ids), then the 256 byte-fallback pieces, then learned merges.
+    With `bos_token`, a post-processor prepends it whenever special tokens are asked for
+    (`encode(text)`, `add_special_tokens=True`), as Gemma's published tokenizers do;
+    without it (the default) nothing is added and the file is what it always was.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
 
@@ -82,6 +87,12 @@ def build_bpe_tokenizer(out: Path, specials: Sequence[str], vocab_size: int) -> 
         [decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
     )
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    if bos_token is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A",
+            pair=f"{bos_token} $A {bos_token} $B",
+            special_tokens=[(bos_token, vocab[bos_token])],
+        )
     tok.save(str(out / "tokenizer.json"))
     if tok.get_vocab_size() != vocab_size:
         raise AssertionError(f"tokenizer has {tok.get_vocab_size()} ids, expected {vocab_size}")
