@@ -131,6 +131,9 @@ def _multiple_of(value: int, factor: int, why: str) -> int:
     return value
 
 
+# Upper bounds: a little above the published Gemma 4 sizes (E2B/E4B), so that a case file
+# cannot ask the gate to allocate tens of gigabytes (a 4e8-token vocabulary aborted the
+# tokenizer trainer with a 17.7 GB allocation).
 class Spec(BaseModel):
     """What to build. Every field is part of the cache key.
 
@@ -140,25 +143,25 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: Literal["tiny", "e2b"] = "tiny"
-    hidden_size: int = Field(ge=16, description="sqrt(hidden) is mlx-lm's embed_scale")
-    num_layers: int = Field(ge=2)
+    hidden_size: int = Field(ge=16, le=4096, description="sqrt(hidden) is mlx-lm's embed_scale")
+    num_layers: int = Field(ge=2, le=64)
     full_attention_every: int = Field(ge=1, description="every Nth layer is full attention")
     kv_shared_layers: int = Field(ge=0, description="the last N layers reuse earlier KV")
-    per_layer_input_size: int = Field(ge=0, description="0 disables per-layer inputs")
-    vocab_size: int = Field(ge=MIN_VOCAB)
+    per_layer_input_size: int = Field(ge=0, le=1024, description="0 disables per-layer inputs")
+    vocab_size: int = Field(ge=MIN_VOCAB, le=262144)
     soft_tokens: int = Field(description=f"max_soft_tokens per image: {SUPPORTED_SOFT_TOKENS}")
-    num_heads: int = Field(ge=1)
-    head_dim: int = Field(ge=2)
-    global_head_dim: int = Field(ge=2, description="head dim of the full-attention layers")
-    intermediate_size: int = Field(ge=1)
-    vision_hidden_size: int = Field(ge=8)
-    vision_layers: int = Field(ge=1)
-    vision_heads: int = Field(ge=1)
-    vision_head_dim: int = Field(ge=4)
-    vision_intermediate_size: int = Field(ge=1)
-    vision_position_embeddings: int = Field(ge=16)
+    num_heads: int = Field(ge=1, le=64)
+    head_dim: int = Field(ge=2, le=512)
+    global_head_dim: int = Field(ge=2, le=1024, description="head dim of the full-attention layers")
+    intermediate_size: int = Field(ge=1, le=16384)
+    vision_hidden_size: int = Field(ge=8, le=2048)
+    vision_layers: int = Field(ge=1, le=48)
+    vision_heads: int = Field(ge=1, le=32)
+    vision_head_dim: int = Field(ge=4, le=256)
+    vision_intermediate_size: int = Field(ge=1, le=8192)
+    vision_position_embeddings: int = Field(ge=16, le=65536)
     quantize_bits: Literal[4, 8] | None
-    sliding_window: int = Field(512, ge=1)
+    sliding_window: int = Field(512, ge=1, le=131072)
     bidirectional: Literal["none", "vision"] = "none"
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
     logit_scale: float = Field(
