@@ -102,7 +102,7 @@ class _Cycler:
 def _valid(options: dict[str, Any]) -> bool:
     from pydantic import ValidationError
 
-    from .synth.gemma4_spec import Spec
+    from .architectures.gemma4.spec import Spec
 
     try:
         Spec.model_validate(options)

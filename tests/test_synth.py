@@ -45,7 +45,7 @@ def test_unknown_options_and_bad_values_are_rejected():
 
 
 def test_unknown_architecture_names_the_missing_file():
-    with pytest.raises(UnknownSynthesizerError, match="harness/synth/llama9.py"):
+    with pytest.raises(UnknownSynthesizerError, match="harness/architectures/llama9/synth.py"):
         ensure_checkpoint("llama9", {})
 
 

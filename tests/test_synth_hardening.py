@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from harness import synth
+from harness.architectures.gemma4.spec import MIN_VOCAB, SUPPORTED_SOFT_TOKENS, Spec
 from harness.cases import CaseError, load_cases
 from harness.compare import compare, verdict
 from harness.models import CheckpointError, resolve_model, validate_checkpoint
 from harness.records import Capture, Status
 from harness.synth import SynthesisError, cache_root, ensure_checkpoint, remove_stale_staging
-from harness.synth.gemma4_spec import MIN_VOCAB, SUPPORTED_SOFT_TOKENS, Spec
 
 # -- 1. staging directories of killed builds ------------------------------------------------
 

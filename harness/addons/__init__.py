@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..architectures import component
 from ..paths import PathError, import_allowed
 from ..policy import ImportPolicy, NotAllowed, check_target, registered
-from ..registry import find_module, is_plain_name
 
-ALIASES: dict[str, str] = {"gemma4_text": "gemma4"}
 REQUIRED_METHODS = ("compute_embeddings",)
 
 
@@ -28,8 +27,8 @@ class AddOnError(PathError):
 
 def _no_builtin(name: str) -> AddOnError:
     return AddOnError(
-        f"no built-in add-on {name!r} (expected harness/addons/"
-        f"{ALIASES.get(name, name)}.py); or give 'module:Class'"
+        f"no built-in add-on {name!r} (expected harness/architectures/"
+        f"{name}/addon.py); or give 'module:Class'"
     )
 
 
@@ -52,8 +51,8 @@ def check_addon_name(name: str, model_type: str, policy: ImportPolicy = NO_IMPOR
         except NotAllowed as exc:
             raise AddOnError(str(exc)) from None
         module_name = target.partition(":")[0]
-    elif is_plain_name(ALIASES.get(name, name)):
-        module_name = f"{__name__}.{ALIASES.get(name, name)}"
+    elif component(name, "addon") is not None:
+        return
     else:
         raise _no_builtin(name)
     try:
@@ -81,7 +80,7 @@ def resolve_addon(name: str, model_type: str, policy: ImportPolicy = NO_IMPORTS)
         except PathError as exc:
             raise AddOnError(f"add-on {exc}") from None
     else:
-        module = find_module(__name__, name, ALIASES)
+        module = component(name, "addon")
         if module is None:
             raise _no_builtin(name)
         addon = module.AddOn

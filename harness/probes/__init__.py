@@ -1,9 +1,9 @@
 """Capture taps installed on a loaded model instance and removed afterwards.
 
 Generic taps work on any mlx-lm / mlx-vlm model exposing `.layers` (the decoder layers,
-as both libraries do for KV-cache construction). Architecture files in this package add
-taps for architecture-specific tensors (e.g. Gemma 4's per-layer inputs); they are found
-by `model_type`, so a new architecture adds a file and touches nothing here.
+as both libraries do for KV-cache construction). An architecture folder's probes.py adds
+taps for architecture-specific tensors (e.g. Gemma 4's per-layer inputs); it is found by
+`model_type`, so a new architecture touches nothing here.
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from ..registry import find_module
 from ._masks import MaskCall, key_width, layer_types
-
-ALIASES: dict[str, str] = {"gemma4_text": "gemma4"}
-
 
 # perturb(x, offset) -> x: replaces what enters decoder layer 0 in every forward call;
 # `offset` is the number of prompt rows processed by earlier calls.
@@ -175,7 +171,9 @@ def wrap_method(owner: Any, name: str, before: Callable[..., None]) -> Iterator[
 
 def architecture_taps(model_type: str) -> Callable[[Any, Recording], Any] | None:
     """The `taps(model, recording)` context manager of an architecture, if it has one."""
-    module = find_module(__name__, model_type, ALIASES)
+    from ..architectures import component
+
+    module = component(model_type, "probes")
     return None if module is None else module.taps
 
 

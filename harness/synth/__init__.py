@@ -1,7 +1,7 @@
-"""Checkpoint synthesizers, one module per `model_type`, and their on-disk cache.
-
-Adding an architecture adds `harness/synth/<model_type>.py` exposing `Spec` (a pydantic
-model of the build options) and `build(spec, out_dir)`; nothing here changes.
+"""Checkpoint synthesizers and their on-disk cache, plus helpers every synthesizer shares
+(tokenizer, streamed weights). Each architecture's synthesizer lives in its folder,
+harness/architectures/<model_type>/synth.py (`Spec`, `build(spec, out_dir)`,
+`SYNTH_VERSION`); nothing here changes when one is added.
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ from types import ModuleType
 from typing import Any
 
 from ..provenance import library_versions
-from ..registry import find_module
-
-# model_type spellings that share a synthesizer module.
-ALIASES: dict[str, str] = {"gemma4_text": "gemma4"}
 
 COMPLETE_MARKER = ".mlx-parity-complete"
 
@@ -34,12 +30,14 @@ class UnknownSynthesizerError(LookupError):
 
 
 def synthesizer(model_type: str) -> ModuleType:
-    module = find_module(__name__, model_type, ALIASES)
+    from ..architectures import component
+
+    module = component(model_type, "synth")
     # Helper modules (tokenizer, weights, *_spec) are not synthesizers.
     if module is None or not all(hasattr(module, a) for a in ("Spec", "build", "SYNTH_VERSION")):
-        name = ALIASES.get(model_type, model_type)
         raise UnknownSynthesizerError(
-            f"no synthesizer for model_type {model_type!r} (expected harness/synth/{name}.py)"
+            f"no synthesizer for model_type {model_type!r} (expected "
+            f"harness/architectures/{model_type}/synth.py)"
         )
     return module
 
@@ -162,3 +160,64 @@ def ensure_checkpoint(model_type: str, options: Mapping[str, Any]) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def cached_checkpoint(model_type: str, options: Mapping[str, Any]) -> Path | None:
+    """The cached checkpoint for (model_type, options) if it is complete, else None.
+    Validates the options (a ValidationError names the option); builds nothing."""
+    module = synthesizer(model_type)
+    spec = module.Spec.model_validate(dict(options))
+    target = cache_root() / f"{model_type}-{cache_key(model_type, spec, module)}"
+    return target if (target / COMPLETE_MARKER).exists() else None
+
+
+class SynthesisTimeout(SynthesisError):
+    pass
+
+
+def _build_in_child(model_type: str, options: dict, conn: Any) -> None:
+    try:
+        conn.send(("ok", str(ensure_checkpoint(model_type, options))))
+    except Exception as exc:  # reported to the parent as one line
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def ensure_checkpoint_within(
+    model_type: str, options: Mapping[str, Any], timeout: float
+) -> Path:
+    """`ensure_checkpoint`, with a build (a cache miss) run in a child process killed after
+    `timeout` seconds: a case asking for a large preset, or a build that crashes, costs
+    that case only, never the run."""
+    import multiprocessing
+
+    cached = cached_checkpoint(model_type, options)
+    if cached is not None:
+        return cached
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_build_in_child, args=(model_type, dict(options), child), daemon=True
+    )
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            raise SynthesisTimeout(
+                f"building the {model_type} checkpoint took longer than {timeout:g} s "
+                "(--timeout); build it once with `mlx-parity synth` to cache it"
+            )
+        try:
+            status, payload = parent.recv()
+        except EOFError:
+            process.join()
+            raise SynthesisError(
+                f"the {model_type} synthesizer died (exit code {process.exitcode})"
+            ) from None
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+        parent.close()
+    if status != "ok":
+        raise SynthesisError(payload)
+    return Path(payload)

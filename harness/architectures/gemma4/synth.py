@@ -4,7 +4,7 @@ The directory looks like an mlx-vlm converted Gemma 4 model (mlx-vlm key names, 
 safetensors shard + index, tokenizer, chat template, processor and generation configs) so
 that the real `mlx_lm.load` and `mlx_vlm.load` both accept it. Recipe and pitfalls:
 shared/notes/stack-facts.md. The options and what the loaders require of them:
-gemma4_spec.py.
+spec.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .gemma4_spec import GEMMA4_SPECIALS, PRESETS, SPECIALS, Spec, layer_types
-from .tokenizer import build_bpe_tokenizer
+from ...synth.tokenizer import build_bpe_tokenizer
+from .spec import GEMMA4_SPECIALS, PRESETS, SPECIALS, Spec, layer_types
 
 __all__ = ["PRESETS", "SYNTH_VERSION", "Spec", "build"]
 
@@ -241,7 +241,7 @@ def build(spec: Spec, out: Path) -> None:
     """Write the checkpoint files into the (existing, empty) directory `out`."""
     import mlx.core as mx
 
-    from .weights import write_random_weights
+    from ...synth.weights import write_random_weights
 
     ids = build_bpe_tokenizer(
         out, SPECIALS, spec.vocab_size, bos_token="<bos>" if spec.add_bos_token else None

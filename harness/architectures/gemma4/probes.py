@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from . import LAYER_OUT, Recording, wrap_method
+from ...probes import LAYER_OUT, Recording, wrap_method
 
 # mlx-vlm names the method publicly, mlx-lm privately.
 _PROJECTION_METHODS = ("project_per_layer_inputs", "_project_per_layer_inputs")
