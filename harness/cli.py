@@ -17,12 +17,20 @@ MAX_IMAGE_PIXELS = 50_000_000  # harness.cases.MAX_IMAGE_PIXELS (not imported: i
 
 
 def _interrupt_on_sigterm() -> None:
-    """SIGTERM (a CI job cancelled) stops the run like Ctrl-C: finished cases are reported."""
+    """SIGTERM (a CI job cancelled) stops the run like Ctrl-C: finished cases are reported.
+    Only the first SIGTERM or SIGINT interrupts; later ones are ignored while the run winds
+    down (stops its workers, writes the report), so a second signal cannot cut that short."""
+    interrupted = False
 
     def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # nohup, `cmd &`: stays ignored
+        signal.signal(signal.SIGINT, handler)
 
 
 EXIT_CODES = """exit codes:
@@ -125,8 +133,14 @@ def _load_options(args: argparse.Namespace) -> dict:
 def _cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    from .cases import load_cases
+    from .cases import CaseError, load_cases
+    from .console import _clean
+
+    def cell(value: object) -> Text:
+        # Text, not a markup string: case data such as "[/x]" or "[link=...]" is literal.
+        return Text(_clean(str(value)))
 
     cases, errors = load_cases(args.cases or [DEFAULT_CASES], **_load_options(args))
     cases, errors = _select(cases, errors, args)
@@ -135,19 +149,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for column in ("model", "paths", "images", "prefill", "markers", "file"):
         table.add_column(column, overflow="fold")
     for c in cases:
-        table.add_row(
-            c.id,
-            c.model_label(),
-            f"{c.paths.reference} vs {c.paths.candidate}",
-            str(len(c.image_files)),
-            str(c.prefill_step_size),
-            ",".join(c.markers),
-            c.source,
-        )
+        try:
+            images = len(c.image_files)
+        except CaseError as exc:  # an image path that escapes: that case's error only
+            errors.append(exc)
+            continue
+        paths = f"{c.paths.reference} vs {c.paths.candidate}"
+        row = (c.id, c.model_label(), paths, images, c.prefill_step_size, ",".join(c.markers))
+        table.add_row(*map(cell, (*row, c.source)))
     console = Console()
     console.print(table)
     for e in errors:
-        console.print(f"[red]error[/] {e}")
+        line = Text.assemble(("error", "red"), " ", _clean(str(e)))
+        console.print(line, markup=False, soft_wrap=True)
     return 2 if errors else 0
 
 
@@ -304,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="validate and list cases", formatter_class=_HelpFormatter
     )
     _add_selection(lister)
+    lister.add_argument(
+        "--architectures",
+        action="store_true",
+        help="list the architectures (harness/architectures/) and the cases covering them",
+    )
     lister.set_defaults(handler=_cmd_list)
 
     synth = sub.add_parser(
@@ -325,8 +344,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_architectures(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .architectures import describe
+    from .cases import load_cases
+
+    cases, _ = load_cases(args.cases or [DEFAULT_CASES], **_load_options(args))
+    rows = describe(cases)
+    table = Table(title="architectures")
+    for column in rows[0] if rows else ["architecture"]:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(value) for value in row.values()))
+    Console().print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "architectures", False):
+        args.handler = _cmd_architectures
     try:
         return args.handler(args)
     except (ValueError, LookupError) as exc:  # CaseError and pydantic errors included

@@ -59,3 +59,28 @@ def component(model_type: str, part: str) -> ModuleType | None:
     if name is None or part not in PARTS:
         return None
     return find_module(f"{__name__}.{name}", part, {})
+
+
+def describe(cases: list | None = None) -> list[dict[str, str]]:
+    """One row per architecture folder: its aliases, which parts it has, the stages its
+    probes add, and the shipped cases (of `cases`) whose synthesized model it builds."""
+    rows = []
+    for name in names():
+        package = importlib.import_module(f"{__name__}.{name}")
+        parts = [p for p in PARTS if component(name, p) is not None]
+        probes = component(name, "probes")
+        covered = [
+            c.id
+            for c in cases or []
+            if getattr(c.model, "synth", None) is not None and folder(c.model.synth) == name
+        ]
+        rows.append(
+            {
+                "architecture": name,
+                "aliases": ", ".join(getattr(package, "ALIASES", ())),
+                "parts": ", ".join(parts),
+                "extra stages": ", ".join(getattr(probes, "STAGES", ())),
+                "cases": ", ".join(covered) or "-",
+            }
+        )
+    return rows

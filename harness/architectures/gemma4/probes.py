@@ -10,6 +10,10 @@ from typing import Any
 
 from ...probes import LAYER_OUT, Recording, wrap_method
 
+# Stages this architecture adds to the common ones (listed by `mlx-parity list
+# --architectures`).
+STAGES = ("per_layer_inputs",)
+
 # mlx-vlm names the method publicly, mlx-lm privately.
 _PROJECTION_METHODS = ("project_per_layer_inputs", "_project_per_layer_inputs")
 
