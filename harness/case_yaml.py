@@ -39,9 +39,34 @@ _NAME = re.compile(r"(?=.{1,64}$)[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*(:[A-Za-z_
 _TOKEN_NAME = re.compile(r"<[a-z ]{1,30}>")  # PyYAML token names such as '<block end>'
 
 
+# C0/C1 controls and the Unicode line and paragraph separators (new lines for splitlines).
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that render as nothing or reorder what follows (Trojan source): format
+# characters (Cf: bidi embeddings, overrides, isolates and marks, zero-width characters,
+# BOM, tags...), lone surrogates, variation selectors, the combining grapheme joiner and
+# fillers that look like blanks. tests/test_hostile_regressions.py checks the Cf list
+# against unicodedata.
+INVISIBLE = re.compile(
+    "[\xad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160"
+    "\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164"
+    "\ud800-\udfff\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    shown = repr(char)[1:-1]
+    if shown != char:
+        return shown
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
 def one_line(text: str) -> str:
-    """Escape control characters and Unicode line breaks; keep everything else readable."""
-    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
+    """Escape control characters, Unicode line breaks and invisible or reordering
+    characters (bidi controls, zero-width characters); keep everything else readable."""
+    return INVISIBLE.sub(_escaped, CONTROL.sub(_escaped, text))
 
 
 def safe_key(key: object) -> str:
@@ -119,6 +144,80 @@ def open_regular(path: Path) -> BinaryIO:
         raise
 
 
+class FileTooLargeError(OSError):
+    pass
+
+
+def read_capped(path: Path, limit: int) -> bytes:
+    """The bytes of `path` if it is a regular file (symlinks followed) of at most `limit`
+    bytes; NotRegularFileError (FIFO, device, directory: never blocks), FileTooLargeError
+    or another OSError otherwise."""
+    with open_regular(path) as stream:
+        raw = stream.read(limit + 1)
+    if len(raw) > limit:
+        limit_text = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+        raise FileTooLargeError(errno.EFBIG, f"larger than the {limit_text} limit")
+    return raw
+
+
+# --- images a case names ----------------------------------------------------------------
+
+# Raster formats a case's image may have (Image.open's format ids; PPM covers PGM and PBM).
+# Others are refused: PIL hands EPS/PostScript to Ghostscript, a program of its own.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO", "TGA")
+
+
+def image_formats() -> list[str]:
+    """`IMAGE_FORMATS` this PIL can open (Image.open raises on a format it does not know)."""
+    from PIL import Image
+
+    Image.init()
+    return [name for name in IMAGE_FORMATS if name in Image.OPEN]
+
+
+def restrict_image_formats() -> None:
+    """Unregister every PIL format outside `IMAGE_FORMATS`, for any Image.open in this
+    process (mlx-vlm's and transformers' included): EPS would run Ghostscript. Call once at
+    process start (the worker, the CLI); idempotent."""
+    from PIL import Image
+
+    Image.init()  # every plugin loaded now: a later init() cannot register them again
+    for name in [n for n in Image.OPEN if n not in IMAGE_FORMATS]:
+        del Image.OPEN[name]
+    Image.ID[:] = [n for n in Image.ID if n in IMAGE_FORMATS]  # Image.open checks `is ID`
+
+
+def image_problem(path: Path, max_pixels: int) -> str | None:
+    """Why `path` is not a usable image (not a regular file, not one of `IMAGE_FORMATS`,
+    over `max_pixels` by its header, does not decode), or None."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between its limit and twice it: make that an error too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            stream = open_regular(path)
+            with stream, Image.open(stream, formats=image_formats()) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    size = f"{width}x{height}"
+                    return f"image {path} is {size}, above the limit of {max_pixels} pixels"
+                image.verify()
+    except FileNotFoundError:
+        return f"image {path} not found"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return f"image {path} is above the pixel limit (decompression bomb)"
+    except UnidentifiedImageError:
+        return f"{path} is not a readable image (formats: {', '.join(IMAGE_FORMATS)})"
+    except OSError as exc:
+        return f"{path} is not a readable image: {exc.strerror or exc}"
+    except Exception as exc:  # whatever a decoder raises on a hostile file
+        return f"{path} is not a readable image: {scrub(str(exc))}"
+    return None
+
+
 class CaseLoader(yaml.SafeLoader):
     """`yaml.safe_load` semantics, minus what a data file never needs: aliases (billion
     laughs), duplicate keys (last-wins hides mistakes); nodes and nesting capped."""
@@ -191,13 +290,12 @@ def _load(text: str) -> Any:
 def read_yaml(path: Path) -> dict[str, Any]:
     """The top-level mapping of one case file (or include)."""
     try:
-        with open_regular(path) as stream:
-            raw = stream.read(MAX_CASE_BYTES + 1)
+        raw = read_capped(path, MAX_CASE_BYTES)
+    except FileTooLargeError as exc:
+        raise CaseError(path, exc.strerror) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         reason = getattr(exc, "strerror", None) or "not a usable file name"
         raise CaseError(path, f"cannot read: {reason}") from None
-    if len(raw) > MAX_CASE_BYTES:
-        raise CaseError(path, f"larger than the {MAX_CASE_BYTES >> 20} MiB limit")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -13,15 +13,35 @@ from __future__ import annotations
 import json
 import os
 import re
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from .case_yaml import CaseError, IncludeResolver, open_regular, safe_key, scrub, valid_id
+from .case_yaml import (  # noqa: F401  (IMAGE_FORMATS, restrict_image_formats: re-exported)
+    IMAGE_FORMATS,
+    CaseError,
+    IncludeResolver,
+    image_problem,
+    restrict_image_formats,
+    safe_key,
+    scrub,
+    valid_id,
+)
 from .checks import CheckSpec
+from .paths import BUILTIN as BUILTIN_PATHS
 from .profiles import PROFILES, Profile
 from .records import STAGE_ORDER
 
@@ -61,12 +81,51 @@ class LocalModel(_Strict):
     path: str = Field(description="checkpoint directory; relative paths start at the case file")
 
 
+# Hugging Face repo ids ('name' or 'namespace/name') and revisions (branch, tag, commit):
+# they become paths in the local cache, so no '..', no '--', nothing else.
+_HF_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?"
+_HF_REPO = re.compile(rf"(?:{_HF_PART}/)?{_HF_PART}")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9][A-Za-z0-9_.\-]*)*")
+
+
+def _hf_repo(value: str) -> str:
+    if not _HF_REPO.fullmatch(value) or ".." in value or "--" in value or value.endswith(".git"):
+        raise ValueError("must be a Hugging Face repo id (name, or namespace/name)")
+    return value
+
+
+def _revision(value: str | None) -> str | None:
+    if value is not None and (len(value) > 255 or not _REVISION.fullmatch(value) or ".." in value):
+        raise ValueError("must be a branch, tag or commit of the repo")
+    return value
+
+
 class HubModel(_Strict):
-    hf: str = Field(description="repo id, looked up in the local Hugging Face cache only")
-    revision: str | None = None
+    hf: Annotated[str, AfterValidator(_hf_repo)] = Field(
+        description="repo id, looked up in the local Hugging Face cache only"
+    )
+    revision: Annotated[str | None, AfterValidator(_revision)] = None
 
 
-ModelSpec = SynthModel | LocalModel | HubModel
+def _model_kind(value: Any) -> str | None:
+    """Which of synth/path/hf a model names: errors then name that kind's fields."""
+    if isinstance(value, Mapping):
+        kinds = [kind for kind in ("synth", "path", "hf") if kind in value]
+        return kinds[0] if len(kinds) == 1 else None
+    kinds = {SynthModel: "synth", LocalModel: "path", HubModel: "hf"}
+    return kinds.get(type(value))
+
+
+ModelSpec = Annotated[
+    Annotated[SynthModel, Tag("synth")]
+    | Annotated[LocalModel, Tag("path")]
+    | Annotated[HubModel, Tag("hf")],
+    Discriminator(
+        _model_kind,
+        custom_error_type="model_kind",
+        custom_error_message="must name exactly one of synth, path or hf",
+    ),
+]
 
 
 class TextItem(_Strict):
@@ -91,6 +150,43 @@ class PathPair(_Strict):
     reference: RegistryName = "mlx-vlm"
     candidate: RegistryName = "unified"
 
+    @model_validator(mode="after")
+    def _two_paths(self) -> PathPair:
+        same = BUILTIN_PATHS.get(self.reference, self.reference)
+        if same == BUILTIN_PATHS.get(self.candidate, self.candidate):
+            raise ValueError("reference and candidate are the same path: it would pass unchecked")
+        return self
+
+
+# Arguments the harness passes to apply_chat_template itself, or that change what it
+# returns or make it read media: a case cannot set them.
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "conversation", "messages", "tokenize", "add_generation_prompt",
+        "continue_final_message", "return_dict", "return_tensors",
+        "return_assistant_tokens_mask", "padding", "padding_side", "truncation",
+        "max_length", "tokenizer_kwargs", "processor_kwargs", "images", "image", "audio",
+        "videos", "video", "fps", "load_audio_from_video", "num_images", "num_audios",
+        "pad_to_uniform_size", "resize_shape", "return_mm_token_type_ids",
+    }
+)  # fmt: skip
+
+
+def _template_kwargs(value: dict[str, Any]) -> dict[str, Any]:
+    reserved = sorted(RESERVED_TEMPLATE_KWARGS & set(value))
+    if reserved:
+        raise ValueError(
+            f"{', '.join(reserved)}: set by the harness itself, not by a case "
+            "(chat_template_kwargs are extra variables for the chat template)"
+        )
+    return value
+
+
+# Stages every path captures for every model (per-layer probes can be off; other stages
+# exist only for some architectures): at least one gating check must be on one of them.
+ALWAYS_CAPTURED = ("input_ids", "embeddings", "logits")
+PositiveInt = Annotated[int, Field(ge=1)]
+
 
 class CaseSpec(_Strict):
     id: str = Field(min_length=1, max_length=128)
@@ -98,9 +194,11 @@ class CaseSpec(_Strict):
     description: str = ""
     model: ModelSpec
     messages: list[Message] = Field(min_length=1)
-    chat_template_kwargs: dict[str, Any] = Field(default_factory=lambda: {"enable_thinking": False})
+    chat_template_kwargs: Annotated[dict[str, Any], AfterValidator(_template_kwargs)] = Field(
+        default_factory=lambda: {"enable_thinking": False}
+    )
     prefill_step_size: int = Field(2048, ge=1)
-    max_size: tuple[int, int] | None = None
+    max_size: tuple[PositiveInt, PositiveInt] | None = None
     paths: PathPair = PathPair()
     addon: RegistryName = Field("auto", description="registry name, 'module:Class', or auto")
     profile: Literal["exact", "image"] | None = None
@@ -130,11 +228,25 @@ class CaseSpec(_Strict):
 
     @field_validator("tolerances")
     @classmethod
-    def _known_stages(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _known_stages(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         unknown = sorted({safe_key(k) for k in set(value) - set(STAGE_ORDER)})
         if unknown:
             known = ", ".join(STAGE_ORDER)
             raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages are {known}")
+        if "messages" in info.data and "profile" in info.data:
+            has_images = any(
+                isinstance(item, ImageItem)
+                for m in info.data["messages"]
+                if not isinstance(m.content, str)
+                for item in m.content
+            )
+            name = info.data["profile"] or ("image" if has_images else "exact")
+            effective = {**PROFILES[name], **value}
+            if not any(spec.gate for stage in ALWAYS_CAPTURED for spec in effective[stage]):
+                raise ValueError(
+                    "no gating check on input_ids, embeddings or logits: the case would pass "
+                    "without comparing anything (gate: true on at least one check)"
+                )
         return value
 
     @property
@@ -190,35 +302,9 @@ class CaseSpec(_Strict):
                     self._check_image(self.resolve_image(item.image, field), field, max_pixels)
 
     def _check_image(self, path: Path, field: str, max_pixels: int) -> None:
-        from PIL import Image, UnidentifiedImageError
-
-        def error(message: str) -> CaseError:
-            return CaseError(self.source, message, self.id, field)
-
-        try:
-            with warnings.catch_warnings():
-                # PIL only warns between its limit and twice it: make that an error too.
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with open_regular(path) as stream, Image.open(stream) as image:
-                    width, height = image.size
-                    if width * height > max_pixels:
-                        raise error(
-                            f"image {path} is {width}x{height}, above the limit of "
-                            f"{max_pixels} pixels"
-                        )
-                    image.verify()
-        except CaseError:
-            raise
-        except FileNotFoundError:
-            raise error(f"image {path} not found") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise error(f"image {path} is above the pixel limit (decompression bomb)") from None
-        except UnidentifiedImageError:
-            raise error(f"{path} is not a readable image (unknown format)") from None
-        except OSError as exc:
-            raise error(f"{path} is not a readable image: {exc.strerror or exc}") from None
-        except Exception as exc:  # whatever a decoder raises on a hostile file
-            raise error(f"{path} is not a readable image: {scrub(str(exc))}") from None
+        problem = image_problem(path, max_pixels)
+        if problem:
+            raise CaseError(self.source, problem, self.id, field)
 
     def template_messages(self) -> list[dict[str, Any]]:
         """Messages as chat templates expect them (image items carry only their type)."""
@@ -265,6 +351,7 @@ def _field_name(location: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for i, part in enumerate(location):
         is_tag = i > 0 and isinstance(location[i - 1], int) and part in _UNION_TAGS
+        is_tag |= i == 1 and location[0] == "model" and len(location) > 2  # its kind's tag
         # Smart-union branches are reported by type name ('SynthModel', 'str', 'list[...]').
         is_branch = isinstance(part, str) and (part[:1].isupper() or "[" in part or part == "str")
         if not (is_tag or is_branch):
@@ -311,6 +398,17 @@ def discover(targets: Iterable[Path], errors: list[CaseError] | None = None) -> 
     return files
 
 
+def _walk(directory: Path, depth: int = 0) -> Iterator[Path]:
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith((".", "_")):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if depth < 4 and entry.name != "images":
+                yield from _walk(entry, depth + 1)
+        else:
+            yield entry
+
+
 def _discover_one(target: Path) -> list[Path]:
     try:
         is_dir = os.path.isdir(target)
@@ -323,9 +421,11 @@ def _discover_one(target: Path) -> list[Path]:
     if not is_dir:
         return [target]
     try:
+        # cases/<model_type>/... included: one folder of cases per architecture. Files
+        # and folders starting with "_" are shared bases, symlinks are not followed.
         found = sorted(
             p
-            for p in target.iterdir()
+            for p in _walk(target)
             if p.suffix in (".yaml", ".yml") and not p.name.startswith("_")
         )
     except OSError as exc:

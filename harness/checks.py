@@ -345,7 +345,9 @@ def max_delta_p(max_delta: float) -> Comparator:
 
 
 class _CheckSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Finite numbers only: `atol: .inf` would make a gating check that cannot fail (a
+    # threshold left unset is the one place an infinity means "not checked").
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     # A diagnostic (gate: false) is reported and locates divergence but never fails a case.
     gate: bool = True
 
@@ -417,7 +419,7 @@ class Top1Spec(_CheckSpec):
 class JaccardSpec(_CheckSpec):
     check: Literal["jaccard"] = "jaccard"
     k: int = Field(5, ge=1)
-    min: float = Field(1.0, ge=0, le=1)
+    min: float = Field(1.0, gt=0, le=1, description="> 0: a distance of 1 must fail")
 
     def build(self) -> Comparator:
         return jaccard(self.k, self.min)
@@ -425,7 +427,7 @@ class JaccardSpec(_CheckSpec):
 
 class DeltaPSpec(_CheckSpec):
     check: Literal["max_delta_p"] = "max_delta_p"
-    max: float = Field(0.05, ge=0)
+    max: float = Field(0.05, ge=0, lt=1, description="< 1: no probability moves by more")
 
     def build(self) -> Comparator:
         return max_delta_p(self.max)

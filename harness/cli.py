@@ -73,6 +73,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cases, errors = load_cases(args.cases or [DEFAULT_CASES], **_load_options(args))
     cases, errors = _select(cases, errors, args)
+    from .case_yaml import restrict_image_formats
+
+    restrict_image_formats()  # in-process runs decode images here
     # Replacing the last report with an INCOMPLETE one imports the report's libraries (~1 s)
     # while the worker starts; joined before the final report is written.
     placeholder = threading.Thread(target=_report_in_progress, args=(args,), daemon=True)

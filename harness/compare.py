@@ -214,7 +214,9 @@ def _image_size(path) -> tuple[int, int]:
     image processors apply it), without decoding the pixels."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    from .case_yaml import image_formats
+
+    with Image.open(path, formats=image_formats()) as image:
         width, height = image.size
         rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     return (height, width) if rotated else (width, height)

@@ -4,7 +4,6 @@ happen. At a terminal wide enough: a live status line and the summary table at t
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 import time
@@ -15,12 +14,15 @@ from .records import Status, Verdict
 
 STATUS_STYLE = {"pass": "green", "fail": "bold red", "error": "red", "skip": "yellow"}
 TABLE_MIN_COLUMNS = 100
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _clean(text: str) -> str:
-    """One line, no terminal escape sequences (reasons can come from add-ons)."""
-    return _CONTROL.sub("?", text.replace("\n", " ").replace("\r", " "))
+    """One line, no terminal escape sequences (reasons can come from add-ons), and no
+    invisible or reordering characters (bidi controls, zero-width characters): `?`."""
+    from .case_yaml import CONTROL, INVISIBLE
+
+    text = text.replace("\n", " ").replace("\r", " ").replace("\t", " ")
+    return INVISIBLE.sub("?", CONTROL.sub("?", text))
 
 
 def _number(value: float) -> str:

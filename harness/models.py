@@ -4,24 +4,81 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import reprlib
 import struct
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from .case_yaml import one_line, open_regular, read_capped
 from .cases import CaseError, CaseSpec, HubModel, LocalModel, SynthModel
-from .synth import UnknownSynthesizerError, ensure_checkpoint
+from .synth import UnknownSynthesizerError, ensure_checkpoint_within
+
+# --- a checkpoint's JSON files, read in the parent as untrusted data ---------------------
+
+MAX_JSON_BYTES = 16 << 20  # config.json: real ones are a few KiB
+
+
+class DataFileError(ValueError):
+    """A checkpoint's JSON file that cannot be used; `str()` is one line naming the file
+    by name, never its content."""
+
+
+class UnreadableFileError(DataFileError):
+    """Not read at all: not a regular file, over the size cap, or an I/O error."""
+
+
+def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> object:
+    """A JSON file as untrusted data: regular, at most `limit` bytes, UTF-8. Every problem is
+    a `DataFileError` (a missing file stays FileNotFoundError): a FIFO does not block, a
+    link to /dev/zero is not read, a 5000-digit number or deep nesting is a named error."""
+    name = one_line(path.name)
+    try:
+        raw = read_capped(path, limit)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        reason = getattr(exc, "strerror", None) or "not a usable file name"
+        raise UnreadableFileError(f"{name} cannot be read: {reason}") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{name} is not UTF-8 text (invalid byte at {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise DataFileError(f"{name} is not valid JSON ({where}): {exc.msg}") from None
+    except RecursionError:
+        raise DataFileError(f"{name} is not usable JSON: nested too deeply") from None
+    except ValueError:  # an integer past Python's digit limit
+        raise DataFileError(f"{name} is not usable JSON: a number with too many digits") from None
+
+
+_MODEL_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
+_JSON_TYPES = {dict: "object", list: "array", bool: "boolean", type(None): "null", str: "string"}
+
+
+def model_type_problem(value: object) -> str | None:
+    """Why a config.json `model_type` is unusable, or None. Loaders import modules by it
+    and the report stores it as text: a plain name (letters, digits, _ and -), nothing else."""
+    if not isinstance(value, str):
+        return f"model_type must be a name, not a JSON {_JSON_TYPES.get(type(value), 'number')}"
+    if not _MODEL_TYPE.fullmatch(value):
+        return "model_type must be a plain name (letters, digits, _ and -, at most 64)"
+    return None
 
 
 class ModelUnavailable(Exception):
     """The checkpoint is not on this machine: the case is skipped with this reason."""
 
 
-def resolve_model(case: CaseSpec) -> Path:
+def resolve_model(case: CaseSpec, timeout: float = 3600.0) -> Path:
+    """The case's checkpoint directory; a synthesized one is built (on a cache miss) in a
+    child process stopped after `timeout` seconds."""
     spec = case.model
     if isinstance(spec, SynthModel):
-        return _synthesize(case, spec)
+        return _synthesize(case, spec, timeout)
     if isinstance(spec, LocalModel):
         path = Path(spec.path).expanduser()
         path = path if path.is_absolute() else case.base_dir / path
@@ -31,7 +88,12 @@ def resolve_model(case: CaseSpec) -> Path:
             # 2), not a skip. Only `model.hf` can legitimately be "not on this machine".
             raise CaseError(case.source, f"local checkpoint {path} does not exist", case.id, field)
     else:
-        path, field = _from_hf_cache(spec), "model.hf"
+        field = "model.hf"
+        try:
+            path = _from_hf_cache(spec)
+        except ValueError as exc:  # huggingface_hub's HFValidationError: a bad repo id
+            message = f"not a usable repo id or revision ({type(exc).__name__})"
+            raise CaseError(case.source, message, case.id, field) from None
     try:
         validate_checkpoint(path)
     except CheckpointError as exc:
@@ -49,15 +111,17 @@ def validate_checkpoint(path: Path) -> None:
     complete (header parses, tensor data as long as the header says)."""
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory")
-    config = path / "config.json"
-    if not config.is_file():
-        raise CheckpointError(f"{path} has no config.json")
     try:
-        parsed = json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config} is not valid JSON: {exc}") from None
+        parsed = read_json(path / "config.json")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no config.json") from None
+    except DataFileError as exc:
+        raise CheckpointError(str(exc)) from None
     if not isinstance(parsed, dict) or "model_type" not in parsed:
-        raise CheckpointError(f"{config} has no model_type")
+        raise CheckpointError("config.json has no model_type")
+    problem = model_type_problem(parsed["model_type"])
+    if problem:
+        raise CheckpointError(f"config.json: {problem}")
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{path} holds no *.safetensors weights")
@@ -80,8 +144,8 @@ DTYPE_BITS = {
 
 
 def _check_safetensors(shard: Path) -> None:
-    size = shard.stat().st_size
-    with shard.open("rb") as handle:
+    with open_regular(shard) as handle:  # a FIFO or a device is refused without blocking
+        size = os.fstat(handle.fileno()).st_size
         prefix = handle.read(8)
         if len(prefix) < 8:
             raise CheckpointError(f"{shard.name} is truncated ({size} bytes)")
@@ -98,7 +162,7 @@ def _check_safetensors(shard: Path) -> None:
             )
         try:
             header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # bad UTF-8 or JSON, a 5000-digit number
             raise CheckpointError(f"{shard.name} has a corrupt header") from None
     if not isinstance(header, dict):
         raise CheckpointError(
@@ -153,9 +217,9 @@ def _entry_problem(entry: object) -> str:
     return ""
 
 
-def _synthesize(case: CaseSpec, spec: SynthModel) -> Path:
+def _synthesize(case: CaseSpec, spec: SynthModel, timeout: float) -> Path:
     try:
-        return ensure_checkpoint(spec.synth, spec.options)
+        return ensure_checkpoint_within(spec.synth, spec.options, timeout)
     except UnknownSynthesizerError as exc:
         raise CaseError(case.source, str(exc), case.id, "model.synth") from None
     except ValidationError as exc:

@@ -10,7 +10,6 @@ under an entry point group. A checkpoint's own code (transformers `auto_map`, ml
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import sys
@@ -79,16 +78,27 @@ def check_target(target: str, kind: str, policy: ImportPolicy) -> str:
 # --- a checkpoint's own code -----------------------------------------------------------
 
 _CODE_KEYS = ("auto_map", "model_file")
+# A checkpoint's JSON files are scanned whole: tokenizer.json of a 262k vocabulary is ~33 MB.
+MAX_SCANNED_JSON_BYTES = 64 << 20
 
 
 def custom_code_in(model_dir: Path) -> list[str]:
     """Where a checkpoint asks a loader to run its own code: `auto_map` / `model_file`
-    entries of its JSON configs, and Python files beside them."""
+    entries of its JSON configs, and Python files beside them. A JSON file that cannot be
+    read safely (a FIFO, a device, a link to /dev/zero, over the size cap) is listed too,
+    with why: what a loader would find in it is unknown, so the checkpoint is refused."""
+    from .models import DataFileError, UnreadableFileError, read_json  # models imports this
+
     found = []
     for config in sorted(model_dir.glob("*.json")):
         try:
-            data = json.loads(config.read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
+            data = read_json(config, MAX_SCANNED_JSON_BYTES)
+        except UnreadableFileError as exc:
+            found.append(str(exc))
+            continue
+        except DataFileError:  # not JSON at all: no loader finds code in it
+            continue
+        except OSError:  # vanished since the listing
             continue
         found += [f"{config.name}:{key}" for key in _CODE_KEYS if _has_key(data, key)]
     found += [p.name for p in sorted(model_dir.glob("*.py"))]

@@ -123,6 +123,11 @@ def to_frame(run: RunResult) -> pd.DataFrame:
         for row in _rows(v, run)
     ]
     frame = pd.DataFrame(rows)
+    for column in frame.columns:  # a value from a checkpoint may be any JSON type
+        if frame[column].dtype == object:
+            frame[column] = frame[column].map(
+                lambda v: v if v is None or isinstance(v, (str, bool)) else str(v)
+            )
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
     extra = sorted(c for c in frame.columns if c not in COLUMNS)

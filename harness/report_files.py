@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import itertools
 import os
 import shutil
 import tempfile
@@ -65,11 +66,60 @@ def _check_dir(label: str, path: Path) -> str | None:
     return f"{label} {path}: {existing} {reason}" if reason else None
 
 
-def _real(path: Path) -> Path:
-    """An absolute path; a symlinked report directory is replaced where it points to, so
-    the link keeps working."""
-    path = path.absolute()
-    return path.resolve() if path.is_symlink() else path
+class UnsafeReportDir(OSError):
+    """The report directory is reached through a symlink: swapping it would move aside and
+    delete whatever the link points to."""
+
+
+def _links_in(path: Path) -> Iterator[Path]:
+    """Symlinks among the report dir and, when it lies inside the current directory, every
+    component between the two. Walked as written (`a/link/..` finds `a/link`) and
+    normalized (`a/new/../link`: `new` does not exist yet, mkdir creates it)."""
+    cwd = Path.cwd()
+    written = path if path.is_absolute() else cwd / path
+    for walk in (written, Path(os.path.normpath(written))):
+        if os.path.islink(walk):
+            yield walk
+            return
+        if not walk.is_relative_to(cwd):
+            continue  # outside: may sit below system links (/tmp -> /private/tmp on macOS)
+        current = cwd
+        for part in walk.relative_to(cwd).parts:
+            current = current / part
+            if os.path.islink(current):
+                yield current
+                return
+
+
+def _captures_links(path: Path) -> Iterator[Path]:
+    """Symlinks under an existing report dir's captures/: kept tensors are written there."""
+    captures = path / CAPTURES
+    if os.path.islink(captures):
+        yield captures
+        return
+    for root, dirs, files in os.walk(captures):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                yield Path(root, name)
+                return
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute and normalized: with no symlink on the way (`link_problem`), '..' means
+    the lexical parent."""
+    return Path(os.path.normpath(path.absolute()))
+
+
+def link_problem(path: Path) -> str | None:
+    """A one-line reason why `path` must not be used as a report dir (a symlink on the way
+    to it, or in its captures/), else None."""
+    for link in itertools.chain(_links_in(Path(path)), _captures_links(Path(path))):
+        where = "" if link in (Path(path), Path(path).absolute()) else f": {link}"
+        return (
+            f"report dir {path}{where} is a symbolic link; give the real directory (the "
+            "report is swapped in by renames and must never reach through a link)"
+        )
+    return None
 
 
 def check_report_dir(path: Path, junit: Path | None = None) -> str | None:
@@ -78,8 +128,12 @@ def check_report_dir(path: Path, junit: Path | None = None) -> str | None:
 
     The report directory itself (when it exists) must be a writable directory: kept
     tensors are written into it during the run. Its parent must be writable too: the new
-    report is staged beside it and renamed into place."""
-    path = _real(Path(path))
+    report is staged beside it and renamed into place. Neither it nor a component between
+    the current directory and it may be a symlink (a pull request could plant one)."""
+    problem = link_problem(Path(path))
+    if problem:
+        return problem
+    path = _absolute(Path(path))
     if path.exists() and not path.is_dir():
         return f"report dir {path} exists and is not a directory"
     problem = _check_dir("report dir", path) if path.exists() else None
@@ -169,7 +223,10 @@ def staged_dir(target: Path, started: str = "") -> Iterator[Path]:
     """A fresh directory beside `target`; on a clean exit the captures of this run are
     carried over and it replaces `target` as a whole. On an exception it is removed and
     `target` is left untouched."""
-    target = _real(Path(target))
+    problem = link_problem(Path(target))
+    if problem:  # check_report_dir refused it already; never move aside through a link
+        raise UnsafeReportDir(errno.ELOOP, problem)
+    target = _absolute(Path(target))
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"report dir {target} exists and is not a directory")
     target.parent.mkdir(parents=True, exist_ok=True)

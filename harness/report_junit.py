@@ -7,6 +7,7 @@ import math
 import re
 from xml.etree import ElementTree as ET
 
+from .case_yaml import INVISIBLE
 from .explain import explain
 from .records import CheckResult, Status, Verdict, stage_rank
 from .runner import RunResult
@@ -17,11 +18,16 @@ ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
+# Allowed by XML but invisible or reordering in a CI page (Trojan source): shown as U+FFFD.
+_HIDDEN = re.compile(f"{INVISIBLE.pattern}|[\x7f-\x9f\u2028\u2029]")
+
+
 def xml_text(value: object) -> str:
     """`value` as text an XML 1.0 parser accepts: ANSI sequences and characters XML
-    forbids (NUL, ESC, other controls, lone surrogates) removed."""
+    forbids (NUL, ESC, other controls, lone surrogates) removed; invisible or reordering
+    characters (bidi controls, zero-width characters, C1 controls) replaced by U+FFFD."""
     text = "" if value is None else str(value)
-    return _XML_ILLEGAL.sub("", ANSI.sub("", text))
+    return _HIDDEN.sub("\ufffd", _XML_ILLEGAL.sub("", ANSI.sub("", text)))
 
 
 def _num(value: float) -> str:

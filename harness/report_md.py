@@ -8,6 +8,7 @@ import math
 import re
 from collections import Counter
 
+from .case_yaml import CONTROL, INVISIBLE
 from .explain import explain, schedule_note
 from .records import Verdict
 from .report_junit import ANSI
@@ -17,9 +18,6 @@ from .runner import EXIT_NOTHING_COMPARED, RunResult
 MAX_TEXT = 400
 ZWSP = "\u200b"  # zero-width space: breaks mentions, references and autolinks; invisible
 
-# Characters that make a new line for str.splitlines (and Markdown), plus other controls.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # Punctuation that can open or close Markdown/GFM inline syntax anywhere in a line:
 # emphasis, strikethrough, code spans, links and images, table cells, escapes, GitHub
 # math ($) and references (#). (Line-start syntax such as `-` or `1.` cannot occur: every
@@ -36,10 +34,13 @@ def md_text(value: object, limit: int = MAX_TEXT) -> str:
 
     HTML-escape & < >, backslash-escape Markdown punctuation and backticks, escape `_`
     where it could start or end emphasis (intraword underscores stay readable: GFM ignores
-    them), break @mentions, #references and autolinks with a zero-width space, and turn newlines and
-    other control characters into spaces."""
+    them), break @mentions, #references and autolinks with a zero-width space, turn
+    newlines and other control characters into spaces, and invisible or reordering
+    characters (bidi controls, zero-width characters, lone surrogates) into U+FFFD: a
+    comment shows what the text holds. That runs first, so the zero-width spaces inserted
+    here are the only ones left."""
     text = "" if value is None else str(value)
-    text = _SURROGATE.sub("\ufffd", _CONTROL.sub(" ", ANSI.sub("", text))).strip()
+    text = INVISIBLE.sub("\ufffd", CONTROL.sub(" ", ANSI.sub("", text))).strip()
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

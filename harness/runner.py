@@ -111,8 +111,9 @@ def _check_trust(case: CaseSpec, model_dir: Path, options: RunOptions) -> None:
     if code and not case.trust_remote_code:
         raise CaseError(
             case.source,
-            f"the checkpoint carries its own code ({', '.join(code[:4])}), which runs only "
-            "with trust_remote_code: true in the case and --trust-remote-code",
+            f"the checkpoint carries its own code or files that cannot be checked "
+            f"({', '.join(code[:4])}); its code runs only with trust_remote_code: true in "
+            "the case and --trust-remote-code",
             case.id,
             "model",
         )
@@ -204,7 +205,7 @@ def _compare_group(
     """Verdicts of one model group; `more`: other groups follow (warm a worker for them)."""
     done: dict[str, Verdict] = {}
     try:
-        model_dir = resolve_model(group[0])
+        model_dir = resolve_model(group[0], options.timeout)
         plan = _plan(group, model_dir, done, options)
     except ModelUnavailable as exc:
         return [_error_verdict(c, Status.SKIP, str(exc)) for c in group], None, {}

@@ -42,6 +42,13 @@ def _serve(conn: Any) -> None:
     import mlx_lm  # noqa: F401  (warm-up while the parent prepares the job)
     import mlx_vlm  # noqa: F401
 
+    from .case_yaml import restrict_image_formats
+
+    restrict_image_formats()  # no image decoder that runs an external program (EPS: gs)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()  # deprecation chatter is not a CI log line
+
     from .execute import execute_plan
 
     job = conn.recv()

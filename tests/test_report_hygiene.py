@@ -337,15 +337,17 @@ def test_captures_of_this_run_are_kept_and_stale_ones_dropped(tmp_path):
     assert (out / "parity.parquet").exists()
 
 
-def test_a_symlinked_report_dir_stays_a_link(tmp_path):
+def test_a_symlinked_report_dir_is_refused_and_its_target_untouched(tmp_path):
+    from harness.report_files import UnsafeReportDir
+
     real = tmp_path / "real"
     link = tmp_path / "latest"
     real.mkdir()
+    (real / "precious.txt").write_text("keep")
     link.symlink_to(real)
-    write_reports(_run(_passing("run1_ok")), link, figures="never")
-    write_reports(_run(_passing("run2_ok")), link, figures="never")
-    assert link.is_symlink() and _run_id(link) == {frozenset({"run2_ok"})}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "real"]
+    with pytest.raises(UnsafeReportDir):
+        write_reports(_run(_passing("run1_ok")), link, figures="never")
+    assert link.is_symlink() and (real / "precious.txt").read_text() == "keep"
 
 
 def _iso(seconds: float) -> str:

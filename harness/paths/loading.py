@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -10,27 +9,58 @@ from typing import Any
 
 from .. import provenance
 from ..cases import CaseError
+from ..models import DataFileError, model_type_problem, read_json
 from . import PathError
 
 
-def model_type_of(model_dir: Path) -> str:
-    config = model_dir / "config.json"
+def _config(model_dir: Path) -> dict:
+    """config.json of a checkpoint, read as untrusted data (regular file, size-capped)."""
     try:
-        return json.loads(config.read_text())["model_type"]
+        config = read_json(model_dir / "config.json")
     except FileNotFoundError:
         raise PathError(f"{model_dir} has no config.json") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PathError(f"{config} has no readable model_type: {exc}") from None
+    except DataFileError as exc:
+        raise PathError(f"{model_dir}: {exc}") from None
+    if not isinstance(config, dict):
+        raise PathError(f"{model_dir}: config.json is not a JSON object")
+    return config
 
 
-def _config(model_dir: Path) -> dict:
-    return json.loads((model_dir / "config.json").read_text())
+def model_type_of(model_dir: Path) -> str:
+    model_type = _config(model_dir).get("model_type")
+    problem = model_type_problem(model_type)
+    if problem:
+        raise PathError(f"{model_dir}: config.json: {problem}")
+    return model_type
 
 
 def image_token_id_of(model_dir: Path) -> int | None:
     config = _config(model_dir)
     token = config.get("image_token_id", config.get("image_token_index"))
-    return token if isinstance(token, int) else None
+    return token if _is_int(token) else None
+
+
+def placeholder_token_id_of(model_dir: Path) -> int | None:
+    """The id of the image placeholder the chat template renders (one per image). Most
+    architectures render the image token itself; an architecture folder names another
+    config key in its `PLACEHOLDER_CONFIG_KEY` (Gemma 3 renders `<start_of_image>`)."""
+    import importlib
+
+    from ..architectures import folder
+
+    config = _config(model_dir)
+    model_type = config.get("model_type")
+    name = folder(model_type) if isinstance(model_type, str) else None
+    package = importlib.import_module(f"harness.architectures.{name}") if name else None
+    key = getattr(package, "PLACEHOLDER_CONFIG_KEY", None)
+    if key is None:
+        return image_token_id_of(model_dir)
+    token = config.get(key)
+    return token if _is_int(token) else None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class CheckpointMismatch(PathError):
@@ -40,8 +70,10 @@ class CheckpointMismatch(PathError):
 def check_vocab(tokenizer: Any, model_dir: Path) -> None:
     """A tokenizer with ids beyond the embedding table would index garbage rows."""
     config = _config(model_dir)
-    rows = (config.get("text_config") or {}).get("vocab_size", config.get("vocab_size"))
-    if isinstance(rows, int) and len(tokenizer) > rows:
+    text_config = config.get("text_config")
+    text_config = text_config if isinstance(text_config, dict) else {}
+    rows = text_config.get("vocab_size", config.get("vocab_size"))
+    if _is_int(rows) and len(tokenizer) > rows:
         raise CheckpointMismatch(
             f"tokenizer has {len(tokenizer)} ids but the model's vocabulary has "
             f"{rows} rows ({model_dir})"

@@ -14,6 +14,7 @@ from .loading import (
     check_vocab,
     load_quietly,
     model_type_of,
+    placeholder_token_id_of,
     session_provenance,
 )
 
@@ -35,22 +36,32 @@ class NativeSession:
         self.layer_probes = options.layer_probes
 
     def render_prompt(self, case: CaseSpec) -> str:
-        return self.processor.apply_chat_template(
+        # Some processors carry no chat template (Gemma 3): mlx-vlm then renders with the
+        # tokenizer's, as its own get_chat_template does.
+        renderer = self.processor
+        if getattr(renderer, "chat_template", None) is None:
+            renderer = getattr(self.processor, "tokenizer", self.processor)
+        return renderer.apply_chat_template(
             case.template_messages(),
             tokenize=False,
             add_generation_prompt=True,
             **case.chat_template_kwargs,
         )
 
-    def _placeholder_count(self, prompt: str) -> int:
-        """Image placeholders in the rendered prompt (by text when the processor names its
-        placeholder, else by tokenizing)."""
-        placeholder = getattr(self.processor, "image_token", None)
-        if isinstance(placeholder, str) and placeholder:
-            return prompt.count(placeholder)
+    def _placeholder_count(self, prompt: str, placeholder_id: int | None) -> int:
+        """Image placeholders in the rendered prompt: by token id when the architecture
+        renders a placeholder other than the image token, else by text when the processor
+        names its placeholder, else by tokenizing."""
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        image_token_id = getattr(self.model.config, "image_token_id", None)
-        return tokenizer.encode(prompt, add_special_tokens=False).count(image_token_id)
+        placeholder = getattr(self.processor, "image_token", None)
+        if placeholder_id != self._image_token_id() or not isinstance(placeholder, str):
+            return tokenizer.encode(prompt, add_special_tokens=False).count(placeholder_id)
+        return prompt.count(placeholder) if placeholder else 0
+
+    def _image_token_id(self) -> int | None:
+        config = self.model.config
+        token = getattr(config, "image_token_id", None)
+        return token if token is not None else getattr(config, "image_token_index", None)
 
     def capture(self, case: CaseSpec) -> Capture:
         from mlx_vlm.generate import generate_step
@@ -58,8 +69,11 @@ class NativeSession:
 
         images = [str(p) for p in case.image_files] or None
         prompt = self.render_prompt(case)
-        image_token_id = getattr(self.model.config, "image_token_id", None)
-        check_image_placeholders(case, self._placeholder_count(prompt), image_token_id)
+        image_token_id = self._image_token_id()
+        placeholder_id = placeholder_token_id_of(self.model_dir)
+        check_image_placeholders(
+            case, self._placeholder_count(prompt, placeholder_id), placeholder_id
+        )
         inputs = prepare_inputs(
             self.processor,
             images=images,

@@ -16,9 +16,9 @@ from . import PathError, SessionOptions
 from .loading import (
     check_image_placeholders,
     check_vocab,
-    image_token_id_of,
     load_quietly,
     model_type_of,
+    placeholder_token_id_of,
     session_provenance,
 )
 
@@ -36,7 +36,7 @@ class PlainTextSession:
         if callable(patch):
             patch(self.model)
         check_vocab(self.tokenizer, model_dir)
-        self.image_token_id = image_token_id_of(model_dir)
+        self.image_token_id = placeholder_token_id_of(model_dir)
         self.provenance = session_provenance(self.name, model_dir)
         self.layer_probes = options.layer_probes
 

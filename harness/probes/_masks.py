@@ -67,6 +67,10 @@ def layer_types(model: Any, layers: Sequence[Any]) -> list[str]:
     own = [getattr(layer, "layer_type", None) for layer in layers]
     if all(isinstance(t, str) and t for t in own):
         return list(own)
+    # Gemma 3 keeps neither: its attention modules know whether they slide.
+    sliding = [getattr(getattr(layer, "self_attn", None), "is_sliding", None) for layer in layers]
+    if all(isinstance(s, bool) for s in sliding) and len(set(sliding)) > 1:
+        return ["sliding_attention" if s else "full_attention" for s in sliding]
     return [DEFAULT_TYPE] * len(layers)
 
 

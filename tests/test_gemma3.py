@@ -1,0 +1,336 @@
+"""Gemma 3: the synthesizer builds checkpoints both libraries load identically, the reference
+add-on is bit-exact with native mlx-vlm on every shipped case (every stage, max abs diff 0),
+and every mutant add-on in tests/gemma3_mutants.py FAILS at the stage where its mistake
+enters.
+
+Until the core registries find `harness/architectures/gemma3/` (synthesizer, add-on) and the
+built-in paths render Gemma 3 prompts (mlx-vlm's Gemma 3 processor has no chat template; its
+placeholder is <start_of_image>), the cases run here on a checkpoint built by the
+synthesizer directly, with the add-on named by module, through the path subclasses of
+gemma3_mutants. Each substitution switches itself off once the core handles it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import CASES
+
+from harness.cases import LocalModel, load_case, load_cases
+from harness.policy import ImportPolicy
+from harness.records import Status, stage_rank
+from harness.runner import RunOptions, run_cases
+
+GEMMA3_CASES = CASES / "gemma3"
+REFERENCE_ADDON = "harness.architectures.gemma3.addon:AddOn"
+IMPORTS = ImportPolicy(("gemma3_mutants", "harness"))
+
+# (case, mutant class in tests/gemma3_mutants.py, first diverging stage)
+MUTANTS = [
+    ("gemma3_one_image", "FeaturesNotDivided", "embeddings"),
+    ("gemma3_embed_scale_not_pow2", "FeaturesNotDivided", "embeddings"),
+    ("gemma3_one_image", "ScaleAppliedTwice", "embeddings"),
+    ("gemma3_one_image", "Float32Projector", "embeddings"),
+    ("gemma3_published_config", "DividesByTextHidden", "embeddings"),
+    ("gemma3_one_image", "BidirectionalImages", "attention_mask"),
+    ("gemma3_split_prefill", "BidirectionalImages", "attention_mask"),
+]
+PROFILES = ["exact", "image"]
+# Mistakes that only show on some configs: the same add-on passes here.
+CONTROLS = [
+    # A top-level hidden_size equal to the text model's: both divisors are sqrt(64).
+    ("gemma3_one_image", "DividesByTextHidden"),
+    # A text prompt never calls the add-on's image code, nor has image blocks.
+    ("gemma3_text", "BidirectionalImages"),
+]
+
+
+# --- wiring: what the core already does for Gemma 3, and stand-ins for what it does not ---
+
+
+def _synth_wired() -> bool:
+    from harness.synth import UnknownSynthesizerError, synthesizer
+
+    try:
+        synthesizer("gemma3")
+    except UnknownSynthesizerError:
+        return False
+    return True
+
+
+def _addon_wired() -> bool:
+    from harness.addons import AddOnError, check_addon_name
+
+    try:
+        check_addon_name("gemma3", "gemma3")
+    except AddOnError:
+        return False
+    return True
+
+
+def _build(options: dict, root: Path) -> Path:
+    """The checkpoint for `options`, built by the synthesizer itself (keyed like the cache)."""
+    from harness.architectures.gemma3 import synth
+
+    spec = synth.Spec.model_validate(options)
+    blob = json.dumps([synth.SYNTH_VERSION, spec.model_dump(mode="json")], sort_keys=True)
+    target = root / hashlib.sha256(blob.encode()).hexdigest()[:16]
+    if not (target / "config.json").exists():
+        target.mkdir(parents=True)
+        synth.build(spec, target)
+    return target
+
+
+def _builtin_paths_handle_gemma3(model_dir: Path, case) -> bool:
+    """Whether the built-in paths run a Gemma 3 image prompt: native renders it (its
+    processor has no chat template) and the mlx-lm path counts one placeholder per image
+    (it then refuses the image itself, being text-only, past the placeholder check)."""
+    from harness.paths import PathError, SessionOptions
+    from harness.paths.native import NativeSession
+    from harness.paths.unified import PlainTextSession
+
+    try:
+        NativeSession(model_dir, SessionOptions()).capture(case)
+        PlainTextSession(model_dir, SessionOptions()).capture(case)
+    except PathError as exc:
+        return "text prompts only" in str(exc)
+    except Exception:
+        return False
+    return False
+
+
+@pytest.fixture(scope="module")
+def runnable(synth_cache):
+    """case -> the case as this checkout can run it."""
+    synth_wired, addon_wired = _synth_wired(), _addon_wired()
+    root = synth_cache / "gemma3-direct"
+    probe = load_case(GEMMA3_CASES / "gemma3_one_image.yaml")
+    paths_wired = _builtin_paths_handle_gemma3(_build(probe.model.options, root), probe)
+
+    def adapt(case, addon: str | None = None):
+        update: dict = {}
+        if not synth_wired:
+            update["model"] = LocalModel(path=str(_build(case.model.options, root)))
+        if addon is not None:
+            update["addon"] = addon
+        elif not addon_wired:
+            update["addon"] = REFERENCE_ADDON
+        if not paths_wired:
+            update["paths"] = case.paths.model_copy(
+                update={"reference": "gemma3_mutants:Native", "candidate": "gemma3_mutants:Unified"}
+            )
+        return case.model_copy(update=update)
+
+    return adapt
+
+
+def _case(name: str):
+    return load_case(GEMMA3_CASES / f"{name}.yaml")
+
+
+@pytest.fixture(scope="module")
+def gemma3_run(runnable):
+    """Every shipped Gemma 3 case, every mutant and every control, in one run."""
+    shipped, errors = load_cases([GEMMA3_CASES])
+    assert not errors, errors
+    cases = [runnable(c) for c in shipped]
+    for name, mutant, _ in MUTANTS:
+        for profile in PROFILES:
+            case = _case(name)
+            cases.append(
+                runnable(case, f"gemma3_mutants:{mutant}").model_copy(
+                    update={"id": f"{name}--{mutant}--{profile}", "profile": profile}
+                )
+            )
+    for name, mutant in CONTROLS:
+        case = _case(name)
+        cases.append(
+            runnable(case, f"gemma3_mutants:{mutant}").model_copy(
+                update={"id": f"{name}--{mutant}"}
+            )
+        )
+    # Native's double <bos> on a text prompt: the unified text path feeds one.
+    bos_text = _case("gemma3_text").model_copy(
+        update={"id": "gemma3_text--bos", "model": _case("gemma3_bos").model}
+    )
+    cases.append(runnable(bos_text))
+    return run_cases(cases, options=RunOptions(imports=IMPORTS))
+
+
+def _verdict(run, case_id: str):
+    (v,) = [v for v in run.verdicts if v.case_id == case_id]
+    return v
+
+
+SHIPPED = sorted(p.stem for p in GEMMA3_CASES.glob("gemma3_*.yaml"))
+
+
+# --- the cases --------------------------------------------------------------------------
+
+
+def test_shipped_cases_exist():
+    assert {
+        "gemma3_text",
+        "gemma3_one_image",
+        "gemma3_two_images",
+        "gemma3_split_prefill",
+        "gemma3_4bit",
+        "gemma3_embed_scale_not_pow2",
+    } <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("case_id", SHIPPED)
+def test_case_is_bit_exact(gemma3_run, case_id):
+    v = _verdict(gemma3_run, case_id)
+    assert v.status is Status.PASS, v.reason or v.first_failure_detail
+    assert v.first_difference is None, v.first_difference_detail
+    assert all(c.value == 0 for c in v.checks if c.metric.startswith("max_abs")), [
+        (c.stage, c.metric, c.value) for c in v.checks if c.value
+    ]
+    stages = {c.stage for c in v.checks}
+    assert {"input_ids", "embeddings", "attention_mask", "layer.0", "logits"} <= stages
+    # Same prefill schedule on both paths: exact parity holds only for equal schedules.
+    assert v.provenance["reference_prefill_chunks"] == v.provenance["candidate_prefill_chunks"]
+
+
+def test_split_prefill_splits_the_image_span(gemma3_run):
+    v = _verdict(gemma3_run, "gemma3_split_prefill")
+    chunks = [int(n) for n in v.provenance["candidate_prefill_chunks"].split(",")]
+    edges = [sum(chunks[: i + 1]) for i in range(len(chunks) - 1)]
+    # The 16 soft tokens of the image sit at prompt positions 7..22.
+    assert any(7 < edge <= 22 for edge in edges), chunks
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize(("case_name", "mutant", "stage"), MUTANTS)
+def test_mutant_fails_at_its_stage(gemma3_run, case_name, mutant, stage, profile):
+    # Under the shipped exact profile and under the engine's looser image profile alike.
+    v = _verdict(gemma3_run, f"{case_name}--{mutant}--{profile}")
+    gating_failures = [c for c in v.checks if c.gating and not c.passed]
+    assert v.status is Status.FAIL and gating_failures, v.reason
+    assert v.first_divergence == stage
+    assert v.first_failure == stage
+    failing = {c.stage for c in v.checks if not c.passed}
+    assert all(stage_rank(s) >= stage_rank(stage) for s in failing)
+    passing_before = {c.stage for c in v.checks if stage_rank(c.stage) < stage_rank(stage)}
+    assert "input_ids" in passing_before
+
+
+@pytest.mark.parametrize(("case_name", "mutant"), CONTROLS)
+def test_mistake_invisible_on_this_config(gemma3_run, case_name, mutant):
+    v = _verdict(gemma3_run, f"{case_name}--{mutant}")
+    assert v.status is Status.PASS, v.first_failure_detail
+
+
+def test_native_double_bos_on_text_prompts_is_caught_at_input_ids(gemma3_run):
+    v = _verdict(gemma3_run, "gemma3_text--bos")
+    assert v.status is Status.FAIL and v.first_failure == "input_ids"
+    (ids,) = [c for c in v.checks if c.stage == "input_ids"]
+    assert "position 1" in ids.detail and "<bos>" in ids.detail, ids.detail
+
+
+def test_float32_projector_moves_layer_zero_by_a_few_hundredths(gemma3_run):
+    # mlx-engine's Gemma 3 bug: small at the embeddings, ~0.06-0.08 after layer 0.
+    v = _verdict(gemma3_run, "gemma3_one_image--Float32Projector--exact")
+    (emb,) = [c for c in v.checks if c.stage == "embeddings" and c.metric.startswith("max_abs")]
+    (layer0,) = [c for c in v.checks if c.stage == "layer.0" and c.metric == "max_abs_diff"]
+    assert 0 < emb.value < 0.05
+    assert 0.01 < layer0.value < 0.5
+
+
+def test_case_descriptions_state_the_image_attention_policy():
+    text = _case("gemma3_one_image").description
+    assert "causal" in text and "never" in text and "Transformers" in text
+
+
+# --- the synthesizer --------------------------------------------------------------------
+
+
+def test_same_spec_same_bytes(tmp_path):
+    from harness.architectures.gemma3 import synth
+
+    spec = synth.Spec(quantize_bits=4, hidden_size=48)
+    digests = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        out.mkdir()
+        synth.build(spec, out)
+        digests.append(
+            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
+        )
+    assert digests[0] == digests[1]
+    assert "model.safetensors" in digests[0]
+
+
+def test_config_writes_every_value_whose_default_differs(runnable, synth_cache):
+    from mlx_lm.models import gemma3_text as lm_text
+    from mlx_vlm.models import gemma3 as vlm
+
+    model_dir = _build(_case("gemma3_one_image").model.options, synth_cache / "gemma3-direct")
+    config = json.loads((model_dir / "config.json").read_text())
+    text = config["text_config"]
+    # The libraries' defaults differ (or are wrong for a tiny model): pin why each is written.
+    assert lm_text.ModelArgs.__dataclass_fields__["sliding_window"].default == 512
+    assert vlm.TextConfig.__dataclass_fields__["sliding_window"].default == 1024
+    assert vlm.ModelConfig.__dataclass_fields__["hidden_size"].default == 2048
+    assert vlm.TextConfig.__dataclass_fields__["mm_tokens_per_image"].default == 256
+    assert text["rope_theta"] == text["rope_global_base_freq"]
+    assert text["sliding_window"] == 512
+    assert config["vocab_size"] == text["vocab_size"] == 512
+    assert config["hidden_size"] == text["hidden_size"] == 64
+    assert config["mm_tokens_per_image"] == text["mm_tokens_per_image"] == 16
+    for key in ("image_token_index", "boi_token_index", "eoi_token_index", "pad_token_id"):
+        assert isinstance(config[key], int)
+    tokenizer = json.loads((model_dir / "tokenizer_config.json").read_text())
+    assert tokenizer["boi_token"] == "<start_of_image>"
+    assert tokenizer["image_token"] == "<image_soft_token>"
+    assert tokenizer["eoi_token"] == "<end_of_image>"
+    pre = json.loads((model_dir / "preprocessor_config.json").read_text())
+    assert pre["image_processor_type"] == "Gemma3ImageProcessor"
+    assert json.loads((model_dir / "processor_config.json").read_text())["image_seq_length"] == 16
+    assert (model_dir / "chat_template.jinja").exists()
+
+
+def test_published_layout_leaves_out_the_top_level_hidden_size(synth_cache):
+    model_dir = _build({"write_top_level_hidden_size": False}, synth_cache / "gemma3-direct")
+    assert "hidden_size" not in json.loads((model_dir / "config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"head_dim": 15}, "head_dim"),
+        ({"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads"),
+        ({"num_layers": 2, "sliding_window_pattern": 3}, "sliding_window_pattern"),
+        ({"mm_tokens_per_image": 15}, "mm_tokens_per_image"),
+        ({"mm_tokens_per_image": 9}, "mm_tokens_per_image"),
+        ({"patch_size": 15}, "patch_size"),
+        ({"vision_hidden_size": 8}, "patch_size"),
+        ({"vision_heads": 3}, "vision_heads"),
+        ({"vocab_size": 100}, "vocab_size"),
+        ({"vocab_size": 300_000}, "vocab_size"),
+        ({"query_pre_attn_scalar": 1.5}, "query_pre_attn_scalar"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"quantize_bits": 3}, "quantize_bits"),
+        ({"logit_scale": math.inf}, "logit_scale"),
+        ({"rope_scaling_factor": 0.5}, "rope_scaling_factor"),
+        ({"seed": -1}, "seed"),
+        ({"preset": "e2b"}, "preset"),
+        ({"colour": "red"}, "colour"),
+        # Upper bounds: a case file cannot ask for a multi-gigabyte allocation.
+        ({"hidden_size": 100_000}, "hidden_size"),
+        ({"image_size": 14_000}, "image_size"),
+        ({"num_layers": 1000}, "num_layers"),
+    ],
+)
+def test_invalid_options_are_refused_naming_the_option(options, field):
+    from pydantic import ValidationError
+
+    from harness.architectures.gemma3 import synth
+
+    with pytest.raises(ValidationError) as info:
+        synth.Spec.model_validate(options)
+    assert info.value.errors()[0]["loc"] == (field,)
