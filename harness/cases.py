@@ -402,11 +402,10 @@ def _walk(directory: Path, depth: int = 0) -> Iterator[Path]:
     for entry in sorted(directory.iterdir()):
         if entry.name.startswith((".", "_")):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            if depth < 4 and entry.name != "images":
-                yield from _walk(entry, depth + 1)
-        else:
-            yield entry
+        if entry.suffix in (".yaml", ".yml") or not entry.is_dir() or entry.is_symlink():
+            yield entry  # a directory named *.yaml is reported as not a regular file
+        elif depth < 4 and entry.name != "images":
+            yield from _walk(entry, depth + 1)
 
 
 def _discover_one(target: Path) -> list[Path]:

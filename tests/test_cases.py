@@ -191,3 +191,17 @@ def test_duplicate_ids_are_rejected(tmp_path):
 def test_empty_case_directory_is_an_error(tmp_path):
     with pytest.raises(CaseError, match="no case files"):
         discover([tmp_path])
+
+
+def test_cases_are_discovered_in_architecture_folders(tmp_path):
+    """cases/<model_type>/ holds an architecture's cases; `_` files and folders are shared
+    bases, `images/` folders are not searched."""
+    write(tmp_path, "a.yaml", MINIMAL)
+    (tmp_path / "gemma3" / "images").mkdir(parents=True)
+    (tmp_path / "_shared").mkdir()
+    write(tmp_path / "gemma3", "_base.yaml", MINIMAL)
+    write(tmp_path / "gemma3", "b.yaml", "include: _base.yaml\n")
+    write(tmp_path / "gemma3" / "images", "c.yaml", MINIMAL)
+    write(tmp_path / "_shared", "d.yaml", MINIMAL)
+    cases, errors = load_cases([tmp_path])
+    assert not errors and sorted(c.id for c in cases) == ["a", "b"]
