@@ -24,16 +24,13 @@ for any hidden size, and with no patch of the text model:
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 
-_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.")
+from ...addons.common import load_images, load_vision_modules
 
 
 class AddOn:
@@ -63,32 +60,15 @@ class AddOn:
         )
 
     def _load_vision_weights(self, quantization: dict[str, Any] | None) -> None:
-        weights: dict[str, mx.array] = {}
-        for shard in sorted(self.model_path.glob("*.safetensors")):
-            for key, value in mx.load(str(shard)).items():
-                if key.startswith(_VISION_PREFIXES):
-                    weights[key] = value
-        weights = self.vision_tower.sanitize(weights)  # PyTorch-layout patch conv, if any
-        for prefix, module in (
-            ("vision_tower", self.vision_tower),
-            ("multi_modal_projector", self.multi_modal_projector),
-        ):
-            own = {
-                k.removeprefix(prefix + "."): v
-                for k, v in weights.items()
-                if k.startswith(prefix + ".")
-            }
-            if quantization:
-                # Quantize exactly the layers whose scales were stored, as mlx-vlm does.
-                nn.quantize(
-                    module,
-                    group_size=quantization["group_size"],
-                    bits=quantization["bits"],
-                    mode=quantization.get("mode", "affine"),
-                    class_predicate=lambda p, m, own=own: f"{p}.scales" in own,
-                )
-            module.load_weights(list(own.items()), strict=True)
-            mx.eval(module.parameters())
+        load_vision_modules(
+            self.model_path,
+            {
+                "vision_tower": self.vision_tower,
+                "multi_modal_projector": self.multi_modal_projector,
+            },
+            quantization,
+            sanitize=self.vision_tower.sanitize,  # PyTorch-layout patch conv, if any
+        )
 
     # -- the contract ------------------------------------------------------------------
 
@@ -116,17 +96,7 @@ class AddOn:
 
     # -- the steps, each as mlx-vlm's Gemma 3 `get_input_embeddings` takes it ------------
 
-    @staticmethod
-    def load_images(images_b64: list[str], max_size: tuple[int, int] | None) -> list[Any]:
-        """The images as mlx-vlm loads them (EXIF orientation applied, RGB), fitted into
-        `max_size` when given."""
-        from mlx_vlm.utils import load_image
-
-        images = [load_image(io.BytesIO(base64.b64decode(b))) for b in images_b64]
-        if max_size is not None:
-            for image in images:
-                image.thumbnail(max_size)
-        return images
+    load_images = staticmethod(load_images)
 
     def processor_inputs(self, prompt: str, images: list[Any]) -> dict[str, Any]:
         """mlx-vlm's processor on the detokenized prompt, called as native mlx-vlm calls

@@ -38,14 +38,14 @@ that one loader needs, is written explicitly:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from harness.synth.tokenizer import build_bpe_tokenizer
+from harness.synth.files import build_checkpoint
+from harness.synth.presets import PresetSpec
 
 __all__ = ["PRESETS", "SYNTH_VERSION", "Spec", "build"]
 
@@ -63,7 +63,6 @@ MIN_VOCAB = len(SPECIALS) + 256 + 100
 # The LM head is written as a copy of the embedding table drawn in one piece: the weight
 # writer splits larger tensors into chunks drawn from per-chunk keys.
 MAX_EMBEDDING_ELEMENTS = 1 << 24
-QUANT_GROUP = 64
 
 # A Gemma 3 chat template: <bos>, an optional system turn folded into the first user turn,
 # <start_of_image> per image item, "model" for the assistant role.
@@ -117,11 +116,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class Spec(BaseModel):
+class Spec(PresetSpec):
     """What to build. Every field is part of the cache key. Fields that other fields' checks
     read come first (a cross-field check sits on the option it blames)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
     preset: Literal["tiny"] = "tiny"
     hidden_size: int = Field(ge=8, le=4096, description="sqrt(hidden): both libraries' scale")
@@ -162,16 +162,6 @@ class Spec(BaseModel):
         description="the tokenizer adds <bos> when asked for special tokens, as the "
         "published Gemma 3 tokenizers do (mlx-vlm 0.7.10 asks for them on Gemma 3)",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        preset = data.get("preset", "tiny")
-        if not isinstance(preset, str) or preset not in PRESETS:
-            return data  # the Literal check reports it
-        return {**PRESETS[preset], **data}
 
     @field_validator("sliding_window_pattern")
     @classmethod
@@ -430,41 +420,18 @@ def _rule(spec: Spec, model: Any):
 
 def build(spec: Spec, out: Path) -> None:
     """Write the checkpoint files into the (existing, empty) directory `out`."""
-    import mlx.core as mx
-
-    from harness.synth.weights import write_random_weights
-
-    ids = build_bpe_tokenizer(
-        out, SPECIALS, spec.vocab_size, bos_token="<bos>" if spec.add_bos_token else None
-    )
-    config = model_config(spec, ids)
-    # mlx-vlm's modules draw their init from the global key at construction.
-    mx.random.seed(spec.seed)
-    model = _lazy_model(config)
-    quantize = (QUANT_GROUP, spec.quantize_bits) if spec.quantize_bits is not None else None
-    write_random_weights(
-        model,
+    build_checkpoint(
+        spec,
         out,
-        seed=spec.seed,
-        dtype=getattr(mx, spec.dtype),
-        rule=_rule(spec, model),
-        quantize=quantize,
-    )
-    if quantize is not None:
-        quant = {"group_size": QUANT_GROUP, "bits": spec.quantize_bits, "mode": "affine"}
-        config["quantization"] = quant
-        config["quantization_config"] = quant
-    files = {
-        "config.json": config,
-        "generation_config.json": {
-            "bos_token_id": ids["<bos>"],
-            "eos_token_id": [ids["<eos>"], ids[EOT]],
-            "pad_token_id": ids["<pad>"],
+        specials=SPECIALS,
+        end_of_turn=EOT,
+        model_config=model_config,
+        lazy_model=_lazy_model,
+        rule=_rule,
+        files={
+            "preprocessor_config.json": preprocessor_config,
+            "processor_config.json": processor_config,
+            "tokenizer_config.json": tokenizer_config,
         },
-        "preprocessor_config.json": preprocessor_config(spec),
-        "processor_config.json": processor_config(spec),
-        "tokenizer_config.json": tokenizer_config(spec),
-    }
-    for name, payload in files.items():
-        (out / name).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+        chat_template=CHAT_TEMPLATE,
+    )

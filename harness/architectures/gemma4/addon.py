@@ -17,18 +17,15 @@ Bit-exact with native mlx-vlm by construction:
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 from mlx_lm.models import gemma4_text
 
-_VISION_PREFIXES = ("vision_tower.", "embed_vision.")
+from ...addons.common import load_images, load_vision_modules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,32 +289,13 @@ class AddOn:
         ]
 
     def _load_vision_weights(self, quantization: dict[str, Any] | None) -> None:
-        weights: dict[str, mx.array] = {}
-        for shard in sorted(self.model_path.glob("*.safetensors")):
-            for key, value in mx.load(str(shard)).items():
-                key = key.removeprefix("model.")
-                if key.startswith(_VISION_PREFIXES) and "rotary_emb" not in key:
-                    weights[key] = value
-        for prefix, module in (
-            ("vision_tower", self.vision_tower),
-            ("embed_vision", self.embed_vision),
-        ):
-            own = {
-                k.removeprefix(prefix + "."): v
-                for k, v in weights.items()
-                if k.startswith(prefix + ".")
-            }
-            if quantization:
-                # Quantize exactly the layers whose scales were stored (stack-facts pitfall 7).
-                nn.quantize(
-                    module,
-                    group_size=quantization["group_size"],
-                    bits=quantization["bits"],
-                    mode=quantization.get("mode", "affine"),
-                    class_predicate=lambda p, m, own=own: f"{p}.scales" in own,
-                )
-            module.load_weights(list(own.items()), strict=True)
-            mx.eval(module.parameters())
+        load_vision_modules(
+            self.model_path,
+            {"vision_tower": self.vision_tower, "embed_vision": self.embed_vision},
+            quantization,
+            strip_prefix="model.",
+            exclude=("rotary_emb",),
+        )
 
     def patch_text_model(self, text_model: Any) -> None:
         decoder = text_model.language_model.model
@@ -353,17 +331,7 @@ class AddOn:
         decoder._ahead = None
         return input_ids[0], embeddings[0]
 
-    @staticmethod
-    def load_images(images_b64: list[str], max_size: tuple[int, int] | None) -> list[Any]:
-        """The images as mlx-vlm loads them (EXIF orientation applied, RGB), fitted into
-        `max_size` when given."""
-        from mlx_vlm.utils import load_image
-
-        images = [load_image(io.BytesIO(base64.b64decode(b))) for b in images_b64]
-        if max_size is not None:
-            for image in images:
-                image.thumbnail(max_size)
-        return images
+    load_images = staticmethod(load_images)
 
     def processor_inputs(self, prompt: str, images: list[Any]) -> dict[str, Any]:
         """mlx-vlm's processor on the detokenized prompt: image placeholders expanded,

@@ -16,10 +16,9 @@ Each constraint below comes from the pinned mlx-lm / mlx-vlm code that loads the
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     SerializationInfo,
@@ -27,8 +26,9 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_serializer,
-    model_validator,
 )
+
+from ...synth.presets import PresetSpec
 
 BASE_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 # Flat special-token keys as in the public Gemma 4 tokenizer_config.json; without them the
@@ -134,13 +134,14 @@ def _multiple_of(value: int, factor: int, why: str) -> int:
 # Upper bounds: a little above the published Gemma 4 sizes (E2B/E4B), so that a case file
 # cannot ask the gate to allocate tens of gigabytes (a 4e8-token vocabulary aborted the
 # tokenizer trainer with a 17.7 GB allocation).
-class Spec(BaseModel):
+class Spec(PresetSpec):
     """What to build. Every field is part of the cache key.
 
     Fields that other fields' checks read come first: a cross-field check sits on the
     option it blames and sees the earlier ones in `info.data`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
     preset: Literal["tiny", "e2b"] = "tiny"
     hidden_size: int = Field(ge=16, le=4096, description="sqrt(hidden) is mlx-lm's embed_scale")
@@ -189,16 +190,6 @@ class Spec(BaseModel):
             if data.get(name) == default:
                 del data[name]
         return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        preset = data.get("preset", "tiny")
-        if not isinstance(preset, str) or preset not in PRESETS:
-            return data  # the Literal check reports it
-        return {**PRESETS[preset], **data}
 
     @field_validator("head_dim")
     @classmethod

@@ -9,11 +9,10 @@ spec.py.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ...synth.tokenizer import build_bpe_tokenizer
+from ...synth.files import build_checkpoint
 from .spec import GEMMA4_SPECIALS, PRESETS, SPECIALS, Spec, layer_types
 
 __all__ = ["PRESETS", "SYNTH_VERSION", "Spec", "build"]
@@ -239,38 +238,17 @@ def _rule(spec: Spec):
 
 def build(spec: Spec, out: Path) -> None:
     """Write the checkpoint files into the (existing, empty) directory `out`."""
-    import mlx.core as mx
-
-    from ...synth.weights import write_random_weights
-
-    ids = build_bpe_tokenizer(
-        out, SPECIALS, spec.vocab_size, bos_token="<bos>" if spec.add_bos_token else None
-    )
-    config = model_config(spec, ids)
-    mx.random.seed(spec.seed)
-    quantize = (64, spec.quantize_bits) if spec.quantize_bits is not None else None
-    write_random_weights(
-        _lazy_model(config),
+    build_checkpoint(
+        spec,
         out,
-        seed=spec.seed,
-        dtype=getattr(mx, spec.dtype),
-        rule=_rule(spec),
-        quantize=quantize,
-    )
-    if quantize is not None:
-        quant = {"group_size": 64, "bits": spec.quantize_bits, "mode": "affine"}
-        config["quantization"] = quant
-        config["quantization_config"] = quant
-    files = {
-        "config.json": config,
-        "generation_config.json": {
-            "bos_token_id": ids["<bos>"],
-            "eos_token_id": [ids["<eos>"], ids["<turn|>"]],
-            "pad_token_id": ids["<pad>"],
+        specials=SPECIALS,
+        end_of_turn="<turn|>",
+        model_config=model_config,
+        lazy_model=_lazy_model,
+        rule=lambda spec, model: _rule(spec),
+        files={
+            "processor_config.json": processor_config,
+            "tokenizer_config.json": tokenizer_config,
         },
-        "processor_config.json": processor_config(spec),
-        "tokenizer_config.json": tokenizer_config(spec),
-    }
-    for name, payload in files.items():
-        (out / name).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+        chat_template=CHAT_TEMPLATE,
+    )
