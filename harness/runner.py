@@ -20,7 +20,7 @@ from .envelope import delta_of
 from .execute import Outcome, Plan, SessionKey, one_line, run_in_process, run_in_workers
 from .models import ModelUnavailable, resolve_model
 from .paths import PathError, SessionOptions, resolve_session_class
-from .paths.loading import model_type_of
+from .paths.loading import image_token_id_of, model_type_of
 from .policy import ImportPolicy, custom_code_in
 from .records import Status, Verdict
 
@@ -98,8 +98,9 @@ def _error_verdict(case: CaseSpec, status: Status, reason: str, config: bool = F
     )
 
 
-def _check_trust(case: CaseSpec, model_dir: Path, options: RunOptions) -> None:
-    """A checkpoint's own code runs only when the case asks AND the command line allows."""
+def _check_trust(case: CaseSpec, code: list[str], options: RunOptions) -> None:
+    """A checkpoint's own code (`code`: where it asks for it) runs only when the case asks
+    AND the command line allows."""
     if case.trust_remote_code and not options.trust_remote_code:
         raise CaseError(
             case.source,
@@ -107,7 +108,6 @@ def _check_trust(case: CaseSpec, model_dir: Path, options: RunOptions) -> None:
             case.id,
             "trust_remote_code",
         )
-    code = custom_code_in(model_dir)
     if code and not case.trust_remote_code:
         raise CaseError(
             case.source,
@@ -154,11 +154,12 @@ def _plan(
     """Sessions for the group's cases. Sessions without an add-on come first: an engine
     add-on may patch library classes when imported, which must not reach them."""
     model_type = model_type_of(model_dir)
+    code = custom_code_in(model_dir)  # read once per checkpoint, not per case
     plan: dict[SessionKey, list[tuple[CaseSpec, str]]] = {}
     for case in group:
         try:
             case.check_images(max_pixels=options.max_image_pixels)
-            _check_trust(case, model_dir, options)
+            _check_trust(case, code, options)
             keys = _session_keys(case, model_type, options)
         except CaseError as exc:
             done[case.id] = _error_verdict(case, Status.ERROR, str(exc), True)
@@ -207,6 +208,7 @@ def _compare_group(
     try:
         model_dir = resolve_model(group[0], options.timeout)
         plan = _plan(group, model_dir, done, options)
+        image_token_id = image_token_id_of(model_dir)
     except ModelUnavailable as exc:
         return [_error_verdict(c, Status.SKIP, str(exc)) for c in group], None, {}
     except (CaseError, PathError) as exc:
@@ -214,11 +216,8 @@ def _compare_group(
     except Exception as exc:
         return [_error_verdict(c, Status.ERROR, one_line(exc)) for c in group], None, {}
 
-    from .paths.loading import image_token_id_of
-
     outcome = _execute(plan, model_dir, observe, options, more, options.keep_tensors)
     captures, failures = outcome.captures, outcome.failures
-    image_token_id = image_token_id_of(model_dir)
     for case in group:
         if case.id in done:
             continue
