@@ -41,7 +41,7 @@ from .case_yaml import (  # noqa: F401  (IMAGE_FORMATS, restrict_image_formats: 
     scrub,
     valid_id,
 )
-from .checks import CheckSpec
+from .check_specs import CheckSpec
 from .paths import BUILTIN as BUILTIN_PATHS
 from .profiles import PROFILES, Profile
 from .records import STAGE_ORDER

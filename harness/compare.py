@@ -8,7 +8,8 @@ from dataclasses import replace
 import numpy as np
 
 from .cases import CaseSpec
-from .checks import CheckSpec, guard
+from .check_specs import CheckSpec
+from .checks import guard
 from .differences import first_difference, ids_difference
 from .envelope import PERTURBED_STAGE, SLACK, measure
 from .probes import LAYER_OUT, LAYER_PLI

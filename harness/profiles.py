@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .checks import (
+from .check_specs import (
     CheckSpec,
     DeltaPSpec,
     ExactSpec,

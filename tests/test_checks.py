@@ -10,11 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from harness.check_specs import AllcloseSpec, ExactSpec, TopkSpec, UlpSpec
 from harness.checks import (
-    AllcloseSpec,
-    ExactSpec,
-    TopkSpec,
-    UlpSpec,
     allclose,
     exact,
     topk,

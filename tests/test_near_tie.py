@@ -7,7 +7,7 @@ import pytest
 from conftest import CASES, TEST_MODULES
 
 from harness.cases import PathPair, load_case
-from harness.checks import TopkSpec
+from harness.check_specs import TopkSpec
 from harness.policy import ImportPolicy
 from harness.profiles import DISTRIBUTION
 from harness.records import Status
