@@ -1,60 +1,16 @@
 """Deliberately broken Gemma 3 add-ons, each a realistic wiring mistake: the gate must FAIL
 every one of them and name the stage where it enters (tests/test_gemma3.py). Loaded by the
-runner as `gemma3_mutants:<Class>` (tests/ is on sys.path under pytest).
-
-Also: path sessions that render Gemma 3 prompts the way mlx-vlm's own `get_chat_template`
-does, for as long as the built-in paths cannot (see `Native` below)."""
+runner as `gemma3_mutants:<Class>` (tests/ is on sys.path under pytest)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm.models import gemma3_text
 from mlx_lm.models.base import create_attention_mask
 
 from harness.architectures.gemma3.addon import AddOn
-from harness.paths.native import NativeSession
-from harness.paths.unified import UnifiedSession
-
-# --- Paths -------------------------------------------------------------------------------
-
-
-class Native(NativeSession):
-    """mlx-vlm end to end, rendering through the tokenizer's chat template when the
-    processor has none (mlx-vlm 0.7.10's Gemma 3 processor never has one; mlx-vlm's own
-    `prompt_utils.get_chat_template` falls back to `processor.tokenizer` the same way), and
-    counting the template's image placeholder, <start_of_image>, which the processor expands
-    (its `image_token` is the soft token the expansion repeats)."""
-
-    def render_prompt(self, case):
-        renderer = self.processor
-        if getattr(renderer, "chat_template", None) is None:
-            renderer = getattr(self.processor, "tokenizer", self.processor)
-        return renderer.apply_chat_template(
-            case.template_messages(),
-            tokenize=False,
-            add_generation_prompt=True,
-            **case.chat_template_kwargs,
-        )
-
-    def _placeholder_count(self, prompt):
-        boi = getattr(self.processor, "boi_token", None)
-        return prompt.count(boi) if boi else super()._placeholder_count(prompt)
-
-
-class Unified(UnifiedSession):
-    """The unified path, counting <start_of_image> (boi_token_index) as Gemma 3's
-    placeholder instead of the soft image token."""
-
-    def __init__(self, model_dir, options):
-        super().__init__(model_dir, options)
-        boi = json.loads((Path(model_dir) / "config.json").read_text()).get("boi_token_index")
-        if isinstance(boi, int):
-            self.image_token_id = boi
-
 
 # --- Mutant add-ons ----------------------------------------------------------------------
 

@@ -2,31 +2,26 @@
 add-on is bit-exact with native mlx-vlm on every shipped case (every stage, max abs diff 0),
 and every mutant add-on in tests/gemma3_mutants.py FAILS at the stage where its mistake
 enters.
-
-Until the core registries find `harness/architectures/gemma3/` (synthesizer, add-on) and the
-built-in paths render Gemma 3 prompts (mlx-vlm's Gemma 3 processor has no chat template; its
-placeholder is <start_of_image>), the cases run here on a checkpoint built by the
-synthesizer directly, with the add-on named by module, through the path subclasses of
-gemma3_mutants. Each substitution switches itself off once the core handles it."""
+Everything runs through the built-in registries and paths (`synth: gemma3`,
+`addon: gemma3`, mlx-vlm vs unified), as `make parity` runs the cases."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from pathlib import Path
 
 import pytest
 from conftest import CASES
 
-from harness.cases import LocalModel, load_case, load_cases
+from harness.cases import load_case, load_cases
 from harness.policy import ImportPolicy
 from harness.records import Status, stage_rank
 from harness.runner import RunOptions, run_cases
+from harness.synth import ensure_checkpoint
 
 GEMMA3_CASES = CASES / "gemma3"
-REFERENCE_ADDON = "harness.architectures.gemma3.addon:AddOn"
-IMPORTS = ImportPolicy(("gemma3_mutants", "harness"))
+IMPORTS = ImportPolicy(("gemma3_mutants",))
 
 # (case, mutant class in tests/gemma3_mutants.py, first diverging stage)
 MUTANTS = [
@@ -48,115 +43,38 @@ CONTROLS = [
 ]
 
 
-# --- wiring: what the core already does for Gemma 3, and stand-ins for what it does not ---
-
-
-def _synth_wired() -> bool:
-    from harness.synth import UnknownSynthesizerError, synthesizer
-
-    try:
-        synthesizer("gemma3")
-    except UnknownSynthesizerError:
-        return False
-    return True
-
-
-def _addon_wired() -> bool:
-    from harness.addons import AddOnError, check_addon_name
-
-    try:
-        check_addon_name("gemma3", "gemma3")
-    except AddOnError:
-        return False
-    return True
-
-
-def _build(options: dict, root: Path) -> Path:
-    """The checkpoint for `options`, built by the synthesizer itself (keyed like the cache)."""
-    from harness.architectures.gemma3 import synth
-
-    spec = synth.Spec.model_validate(options)
-    blob = json.dumps([synth.SYNTH_VERSION, spec.model_dump(mode="json")], sort_keys=True)
-    target = root / hashlib.sha256(blob.encode()).hexdigest()[:16]
-    if not (target / "config.json").exists():
-        target.mkdir(parents=True)
-        synth.build(spec, target)
-    return target
-
-
-def _builtin_paths_handle_gemma3(model_dir: Path, case) -> bool:
-    """Whether the built-in paths run a Gemma 3 image prompt: native renders it (its
-    processor has no chat template) and the mlx-lm path counts one placeholder per image
-    (it then refuses the image itself, being text-only, past the placeholder check)."""
-    from harness.paths import PathError, SessionOptions
-    from harness.paths.native import NativeSession
-    from harness.paths.unified import PlainTextSession
-
-    try:
-        NativeSession(model_dir, SessionOptions()).capture(case)
-        PlainTextSession(model_dir, SessionOptions()).capture(case)
-    except PathError as exc:
-        return "text prompts only" in str(exc)
-    except Exception:
-        return False
-    return False
-
-
-@pytest.fixture(scope="module")
-def runnable(synth_cache):
-    """case -> the case as this checkout can run it."""
-    synth_wired, addon_wired = _synth_wired(), _addon_wired()
-    root = synth_cache / "gemma3-direct"
-    probe = load_case(GEMMA3_CASES / "gemma3_one_image.yaml")
-    paths_wired = _builtin_paths_handle_gemma3(_build(probe.model.options, root), probe)
-
-    def adapt(case, addon: str | None = None):
-        update: dict = {}
-        if not synth_wired:
-            update["model"] = LocalModel(path=str(_build(case.model.options, root)))
-        if addon is not None:
-            update["addon"] = addon
-        elif not addon_wired:
-            update["addon"] = REFERENCE_ADDON
-        if not paths_wired:
-            update["paths"] = case.paths.model_copy(
-                update={"reference": "gemma3_mutants:Native", "candidate": "gemma3_mutants:Unified"}
-            )
-        return case.model_copy(update=update)
-
-    return adapt
-
-
 def _case(name: str):
     return load_case(GEMMA3_CASES / f"{name}.yaml")
 
 
 @pytest.fixture(scope="module")
-def gemma3_run(runnable):
+def gemma3_run():
     """Every shipped Gemma 3 case, every mutant and every control, in one run."""
     shipped, errors = load_cases([GEMMA3_CASES])
     assert not errors, errors
-    cases = [runnable(c) for c in shipped]
+    cases = list(shipped)
     for name, mutant, _ in MUTANTS:
         for profile in PROFILES:
             case = _case(name)
             cases.append(
-                runnable(case, f"gemma3_mutants:{mutant}").model_copy(
-                    update={"id": f"{name}--{mutant}--{profile}", "profile": profile}
+                case.model_copy(
+                    update={
+                        "id": f"{name}--{mutant}--{profile}",
+                        "addon": f"gemma3_mutants:{mutant}",
+                        "profile": profile,
+                    }
                 )
             )
     for name, mutant in CONTROLS:
         case = _case(name)
         cases.append(
-            runnable(case, f"gemma3_mutants:{mutant}").model_copy(
-                update={"id": f"{name}--{mutant}"}
-            )
+            case.model_copy(update={"id": f"{name}--{mutant}", "addon": f"gemma3_mutants:{mutant}"})
         )
     # Native's double <bos> on a text prompt: the unified text path feeds one.
     bos_text = _case("gemma3_text").model_copy(
         update={"id": "gemma3_text--bos", "model": _case("gemma3_bos").model}
     )
-    cases.append(runnable(bos_text))
+    cases.append(bos_text)
     return run_cases(cases, options=RunOptions(imports=IMPORTS))
 
 
@@ -265,11 +183,11 @@ def test_same_spec_same_bytes(tmp_path):
     assert "model.safetensors" in digests[0]
 
 
-def test_config_writes_every_value_whose_default_differs(runnable, synth_cache):
+def test_config_writes_every_value_whose_default_differs():
     from mlx_lm.models import gemma3_text as lm_text
     from mlx_vlm.models import gemma3 as vlm
 
-    model_dir = _build(_case("gemma3_one_image").model.options, synth_cache / "gemma3-direct")
+    model_dir = ensure_checkpoint("gemma3", _case("gemma3_one_image").model.options)
     config = json.loads((model_dir / "config.json").read_text())
     text = config["text_config"]
     # The libraries' defaults differ (or are wrong for a tiny model): pin why each is written.
@@ -294,8 +212,8 @@ def test_config_writes_every_value_whose_default_differs(runnable, synth_cache):
     assert (model_dir / "chat_template.jinja").exists()
 
 
-def test_published_layout_leaves_out_the_top_level_hidden_size(synth_cache):
-    model_dir = _build({"write_top_level_hidden_size": False}, synth_cache / "gemma3-direct")
+def test_published_layout_leaves_out_the_top_level_hidden_size():
+    model_dir = ensure_checkpoint("gemma3", {"write_top_level_hidden_size": False})
     assert "hidden_size" not in json.loads((model_dir / "config.json").read_text())
 
 
