@@ -10,6 +10,7 @@ under an entry point group. A checkpoint's own code (transformers `auto_map`, ml
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -48,9 +49,11 @@ class ImportPolicy:
         return any(module_name == a or module_name.startswith(a + ".") for a in self.allowed)
 
 
+@functools.cache
 def registered(kind: str) -> dict[str, str]:
     """Entry points of `kind` ('addon' or 'path') installed packages declare: name ->
-    'module:attr'. Reads package metadata only; nothing is imported."""
+    'module:attr'. Reads package metadata only (once per process: every case and role asks,
+    and scanning every installed distribution is not free); nothing is imported."""
     return {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUPS[kind])}
 
 
