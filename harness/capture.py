@@ -10,9 +10,9 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from .probes import Recording
+from .probes import LAYER_IN, LAYER_OUT, Recording
 from .probes._masks import stacked_grids
-from .records import Capture
+from .records import Capture, deepstack_stage
 
 # Capture.tokens holds at most this many decoded tokens (one decode call per token).
 MAX_DECODED_TOKENS = 4096
@@ -89,6 +89,23 @@ def mask_arrays(
     return arrays, types
 
 
+def between_layers(stages: dict[str, mx.array]) -> dict[str, int]:
+    """Replace each recorded layer input `layer_inputs.N+1` by `deepstack.N`: what was added
+    to the hidden state after layer N's output and before layer N+1 (zero where nothing
+    was), in float32. Measured from what the layers saw, so it holds however a path
+    injects. Returns stage -> N."""
+    injected = {}
+    for key in [k for k in stages if k.startswith(LAYER_IN + ".")]:
+        index = int(key.removeprefix(LAYER_IN + ".")) - 1
+        after = stages.pop(key)
+        before = stages.get(f"{LAYER_OUT}.{index}")
+        if before is not None and before.shape == after.shape:
+            stage = deepstack_stage(index)
+            stages[stage] = after.astype(mx.float32) - before.astype(mx.float32)
+            injected[stage] = index
+    return injected
+
+
 def build_capture(
     path: str,
     case_id: str,
@@ -113,11 +130,14 @@ def build_capture(
         else:
             stages[stage] = prompt_rows(calls, len(chunks), prompt_len)
     stages["logits"] = logits.reshape(-1)
+    injected = between_layers(stages)
     mx.eval(list(stages.values()))  # one evaluation for all stages, then cheap copies
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     for stage, value in stages.items():
         arrays[stage], dtypes[stage] = to_numpy(value)
+    # Differences are taken in float32; checks judge them in the hidden state's dtype.
+    dtypes |= {stage: dtypes[f"{LAYER_OUT}.{index}"] for stage, index in injected.items()}
     masks, mask_types = mask_arrays(recording, len(chunks), prompt_len)
     arrays |= masks
     dtypes |= dict.fromkeys(masks, "bool")

@@ -14,6 +14,7 @@ from .differences import first_difference, ids_difference
 from .envelope import PERTURBED_STAGE, SLACK, measure
 from .probes import LAYER_OUT, LAYER_PLI
 from .records import (
+    DEEPSTACK_PREFIX,
     STAGE_ORDER,
     Capture,
     CheckResult,
@@ -111,13 +112,35 @@ def _absent(
     )
 
 
+# Stages only some architectures have: no row at all when neither path captured one.
+ARCHITECTURE_STAGES = frozenset({"position_ids"})
+
+
 def check_stage(
     case_id: str, stage: str, specs: Sequence[CheckSpec], reference: Capture, candidate: Capture
 ) -> list[CheckResult]:
     ref, test = reference.arrays.get(stage), candidate.arrays.get(stage)
+    if ref is None and test is None and stage in ARCHITECTURE_STAGES:
+        return []
     if ref is None or test is None:
         return [_absent(case_id, stage, reference, candidate, ref, test)]
     return _results(case_id, stage, specs, ref, test, reference.dtypes.get(stage, "float32"))
+
+
+def _deepstack_stages(*captures: Capture) -> list[str]:
+    found = {k for c in captures for k in c.arrays if k.startswith(DEEPSTACK_PREFIX)}
+    return sorted(found, key=stage_rank)
+
+
+def check_deepstack(
+    case_id: str, specs: Sequence[CheckSpec], reference: Capture, candidate: Capture
+) -> list[CheckResult]:
+    """Each `deepstack.N` either path captured (what was added after layer N)."""
+    return [
+        row
+        for stage in _deepstack_stages(reference, candidate)
+        for row in check_stage(case_id, stage, specs, reference, candidate)
+    ]
 
 
 def _layer_count(capture: Capture) -> int:
@@ -181,6 +204,8 @@ def compare(case: CaseSpec, reference: Capture, candidate: Capture) -> list[Chec
     for stage in sorted(profile, key=stage_rank):
         if stage == "layers":
             results.extend(check_layers(case.id, profile[stage], reference, candidate))
+        elif stage == "deepstack":
+            results.extend(check_deepstack(case.id, profile[stage], reference, candidate))
         else:
             results.extend(check_stage(case.id, stage, profile[stage], reference, candidate))
     return unique_metrics(results)
@@ -246,13 +271,16 @@ def compared_arrays(
                         reference.arrays[key], candidate.arrays[key], prompt_len
                     )
                     arrays[layer_stage(index)] = (ref, test, reference.dtypes.get(key, "float32"))
-        elif stage in reference.arrays and stage in candidate.arrays:
-            arrays[stage] = (
-                reference.arrays[stage],
-                candidate.arrays[stage],
-                reference.dtypes.get(stage, "float32"),
-            )
-    return arrays
+        else:
+            names = _deepstack_stages(reference) if stage == "deepstack" else [stage]
+            for name in names:
+                if name in reference.arrays and name in candidate.arrays:
+                    arrays[name] = (
+                        reference.arrays[name],
+                        candidate.arrays[name],
+                        reference.dtypes.get(name, "float32"),
+                    )
+    return dict(sorted(arrays.items(), key=lambda item: stage_rank(item[0])))
 
 
 def _failure_detail(check: CheckResult) -> str:

@@ -1,11 +1,12 @@
 """Named tolerance profiles: the default check list per stage.
 
 `exact`: every stage bit-exact (the default for text prompts).
-`image`: ids, per-layer inputs and attention masks exact, embeddings within one ulp of
-their dtype, first-token top-5 ids equal in order and top-5 probabilities within 25% (1e-3
-floor on the reference probability), the engine's own acceptance rule, and KL(ref || cand)
-<= 1e-3 over the full vocabulary. Failures after a tolerated embeddings difference that
-stay within its measured noise envelope (harness.envelope) are that difference's noise.
+`image`: ids, positions, per-layer inputs and attention masks exact, embeddings and injected
+(DeepStack) features within one ulp of their dtype, first-token top-5 ids equal in order
+and top-5 probabilities within 25% (1e-3 floor on the reference probability), the
+engine's own acceptance rule, and KL(ref || cand) <= 1e-3 over the full vocabulary.
+Failures after a tolerated embeddings difference that stay within its measured noise
+envelope (harness.envelope) are that difference's noise.
 A case picks a profile (default: `image` when it has images, else `exact`) and overrides
 single stages.
 """
@@ -39,19 +40,24 @@ DISTRIBUTION = (
 PROFILES: dict[str, Profile] = {
     "exact": {
         "input_ids": (ExactSpec(),),
+        "position_ids": (ExactSpec(),),
         "per_layer_inputs": (ExactSpec(),),
         "embeddings": (ExactSpec(),),
         "attention_mask": (ExactSpec(),),
         "layers": (StatsSpec(max_abs=0.0),),
+        "deepstack": (ExactSpec(),),
         "logits": (ExactSpec(), *DISTRIBUTION),
     },
     "image": {
         "input_ids": (ExactSpec(),),
+        "position_ids": (ExactSpec(),),
         "per_layer_inputs": (ExactSpec(),),
         "embeddings": (UlpSpec(ulps=1),),
         "attention_mask": (ExactSpec(),),
         # Per-layer probes locate the first bit of drift without gating on it.
         "layers": (StatsSpec(max_abs=0.0, gate=False),),
+        # Injected visual features gate like the embeddings they are made of.
+        "deepstack": (UlpSpec(ulps=1),),
         # KL gates too: a logit transform that keeps the ranking (softcap dropped,
         # temperature) must fail. 1e-3 nats: bit-exact add-ons give 0, a dropped softcap
         # 0.0075-0.053 on the shipped image configs (README, "image profile"). Noise that a

@@ -14,24 +14,37 @@ import numpy as np
 
 # The order in which data flows through a decoder; "first diverging stage" follows it.
 # "layers" stands for the per-layer stages "layer.0" ... "layer.N-1".
+# "deepstack" stands for "deepstack.0" ...: what is added to the hidden state between
+# decoder layer N's output and layer N+1's input (Qwen3-VL's DeepStack visual features),
+# ranked between layer.N and layer.N+1.
 STAGE_ORDER: tuple[str, ...] = (
     "input_ids",
+    "position_ids",
     "per_layer_inputs",
     "embeddings",
     "attention_mask",
     "layers",
+    "deepstack",
     "logits",
 )
 LAYER_PREFIX = "layer."
+DEEPSTACK_PREFIX = "deepstack."
 
 
 def layer_stage(index: int) -> str:
     return f"{LAYER_PREFIX}{index}"
 
 
+def deepstack_stage(index: int) -> str:
+    return f"{DEEPSTACK_PREFIX}{index}"
+
+
 def stage_rank(stage: str) -> tuple[int, int]:
+    layers = STAGE_ORDER.index("layers")
     if stage.startswith(LAYER_PREFIX):
-        return STAGE_ORDER.index("layers"), int(stage.removeprefix(LAYER_PREFIX))
+        return layers, 2 * int(stage.removeprefix(LAYER_PREFIX))
+    if stage.startswith(DEEPSTACK_PREFIX):
+        return layers, 2 * int(stage.removeprefix(DEEPSTACK_PREFIX)) + 1
     return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)), 0
 
 

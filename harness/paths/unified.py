@@ -31,7 +31,14 @@ class PlainTextSession:
         self.model_dir = model_dir
         self.model_type = model_type_of(model_dir)
         self.addon = self._make_addon(model_dir, options)
-        self.model, self.tokenizer = self._load(model_dir, options)
+        # Optional contract hook, for architectures `mlx_lm.load` rejects although mlx-lm
+        # has their text model (idefics3/smolvlm, llava_next, internvl): the add-on builds
+        # the mlx-lm text model and tokenizer itself, as `mlx_lm.load` would return them.
+        loader = getattr(self.addon, "load_text_model", None)
+        if callable(loader):
+            self.model, self.tokenizer = load_quietly(loader, model_dir)
+        else:
+            self.model, self.tokenizer = self._load(model_dir, options)
         patch = getattr(self.addon, "patch_text_model", None)
         if callable(patch):
             patch(self.model)

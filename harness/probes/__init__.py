@@ -9,6 +9,7 @@ taps for architecture-specific tensors (e.g. Gemma 4's per-layer inputs); it is 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,11 @@ class Recording:
     calls: dict[str, list[mx.array]] = field(default_factory=dict)
     final_call_only: set[str] = field(default_factory=set)
     masks: dict[str, list[MaskCall]] = field(default_factory=dict)
+    # Set by an architecture's taps: record the rotary positions decoder layer 0 is given
+    # (`position_ids` stage), and what is added to the hidden state between layers
+    # (`deepstack.N` stages, from every layer's input).
+    positions: bool = False
+    between_layers: bool = False
     n_calls: int = 0  # forward calls seen by decoder layer 0
     rows_seen: int = 0  # rows of those calls: the absolute position after the current one
 
@@ -80,6 +86,10 @@ class _LayerTap:
             if self._perturb is not None:
                 x = self._perturb(x, start)
             recording.add("embeddings", x)
+            if recording.positions:
+                recording.add(POSITIONS, self._positions(x, start, args, kwargs))
+        elif self._outputs and recording.between_layers:
+            recording.add(f"{LAYER_IN}.{self._index}", x)
         if self._outputs:
             per_layer_input = kwargs.get("per_layer_input")
             if per_layer_input is not None:
@@ -90,6 +100,21 @@ class _LayerTap:
         if self._mask_type is not None:
             self._record_mask(x, args, kwargs)
         return out
+
+    def _positions(self, x: mx.array, start: int, args: tuple, kwargs: dict) -> mx.array:
+        """The positions this call's rows are rotated by, as [1, rows, sections]: the
+        `position_ids` argument when the layer is given one ([sections, B, rows] for
+        M-RoPE), else the sequence positions a plain RoPE applies from its cache offset
+        ([1, rows, 1]: an M-RoPE model fed these has lost its image positions)."""
+        positions = kwargs.get("position_ids")
+        slot = _position_slot(self._layer)
+        if positions is None and slot is not None and slot < len(args):
+            positions = args[slot]
+        if positions is None:
+            return mx.arange(start, start + x.shape[1])[None, :, None]
+        if positions.ndim == 2:  # [B, rows]: one section
+            return positions[..., None]
+        return positions.transpose(1, 2, 0)
 
     def _record_mask(self, x: mx.array, args: tuple, kwargs: dict) -> None:
         """After the call: a rotating cache's width is known once it was updated. Only
@@ -113,6 +138,18 @@ class _LayerTap:
 
 LAYER_OUT = "layer_outputs"
 LAYER_PLI = "layer_per_layer_inputs"
+LAYER_IN = "layer_inputs"
+POSITIONS = "position_ids"
+
+
+def _position_slot(layer: Any) -> int | None:
+    """Index of a `position_ids` parameter among the positional arguments after the hidden
+    state, by the layer's signature (mlx-vlm's Qwen VL layers take it 4th)."""
+    try:
+        names = list(inspect.signature(layer.__call__).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names.index(POSITIONS) - 1 if POSITIONS in names[1:] else None
 
 
 def layer_tree(model: Any) -> str:
