@@ -124,7 +124,21 @@ def check_stage(
         return []
     if ref is None or test is None:
         return [_absent(case_id, stage, reference, candidate, ref, test)]
+    ref, test = aligned_sections(stage, ref, test)
     return _results(case_id, stage, specs, ref, test, reference.dtypes.get(stage, "float32"))
+
+
+def aligned_sections(stage: str, ref: np.ndarray, test: np.ndarray) -> tuple:
+    """Positions are [L, sections]: a plain RoPE's one section equals an M-RoPE whose
+    sections all hold it, so a single column is repeated to the other side's count (a text
+    prompt through plain mlx-lm matches native M-RoPE; an image prompt does not)."""
+    if stage != "position_ids" or ref.ndim != 2 or test.ndim != 2 or ref.shape[0] != test.shape[0]:
+        return ref, test
+    if ref.shape[1] == 1 and test.shape[1] > 1:
+        ref = np.repeat(ref, test.shape[1], axis=1)
+    elif test.shape[1] == 1 and ref.shape[1] > 1:
+        test = np.repeat(test, ref.shape[1], axis=1)
+    return ref, test
 
 
 def _deepstack_stages(*captures: Capture) -> list[str]:
@@ -275,11 +289,10 @@ def compared_arrays(
             names = _deepstack_stages(reference) if stage == "deepstack" else [stage]
             for name in names:
                 if name in reference.arrays and name in candidate.arrays:
-                    arrays[name] = (
-                        reference.arrays[name],
-                        candidate.arrays[name],
-                        reference.dtypes.get(name, "float32"),
+                    ref, test = aligned_sections(
+                        name, reference.arrays[name], candidate.arrays[name]
                     )
+                    arrays[name] = (ref, test, reference.dtypes.get(name, "float32"))
     return dict(sorted(arrays.items(), key=lambda item: stage_rank(item[0])))
 
 
