@@ -12,7 +12,7 @@ import numpy as np
 
 from .probes import LAYER_IN, LAYER_OUT, Recording
 from .probes._masks import stacked_grids
-from .records import Capture, deepstack_stage
+from .records import Capture, decode_stage, deepstack_stage
 
 # Capture.tokens holds at most this many decoded tokens (one decode call per token).
 MAX_DECODED_TOKENS = 4096
@@ -29,17 +29,30 @@ def to_numpy(array: mx.array) -> tuple[np.ndarray, str]:
     return np.array(array, copy=True), dtype
 
 
-class FirstLogits:
-    """A logits processor that keeps the first call's logits: those of the first generated
-    token, computed after the whole prompt. Both libraries' `generate_step` accept it."""
+class StepLogits:
+    """A logits processor that keeps every call's logits, in order: the first call's are
+    those of the first generated token (after the whole prompt), the k-th call's those of
+    decode step k. Both libraries' `generate_step` accept it."""
 
     def __init__(self) -> None:
-        self.logits: mx.array | None = None
+        self.steps: list[mx.array] = []
+
+    @property
+    def logits(self) -> mx.array | None:
+        return self.steps[0] if self.steps else None
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        if self.logits is None:
-            self.logits = logits
+        self.steps.append(logits)
         return logits
+
+
+FirstLogits = StepLogits  # the name paths written against earlier versions import
+
+
+def token_id(step: Any) -> int:
+    """The token of one `generate_step` yield, `(token, logprobs)` in both libraries."""
+    token = step[0] if isinstance(step, tuple) else step
+    return int(token.item() if hasattr(token, "item") else token)
 
 
 def prompt_rows(calls: Sequence[mx.array], n_calls: int, prompt_len: int) -> mx.array:
@@ -117,7 +130,11 @@ def build_capture(
     *,
     prompt_text: str = "",
     tokenizer: Any = None,
+    decode_logits: Sequence[mx.array] = (),
+    generated: Sequence[int] = (),
 ) -> Capture:
+    """`decode_logits`: the logits of decode steps 1..N; `generated`: the greedy tokens the
+    path chose after the prompt and after each decode step (the `tokens` stage)."""
     if logits is None:
         raise RuntimeError("the prompt's forward pass produced no logits")
     prompt_len = int(input_ids.size)
@@ -130,6 +147,9 @@ def build_capture(
         else:
             stages[stage] = prompt_rows(calls, len(chunks), prompt_len)
     stages["logits"] = logits.reshape(-1)
+    stages |= {decode_stage(k): step.reshape(-1) for k, step in enumerate(decode_logits, 1)}
+    if generated:
+        stages["tokens"] = mx.array(generated, dtype=mx.int32)
     injected = between_layers(stages)
     mx.eval(list(stages.values()))  # one evaluation for all stages, then cheap copies
     arrays: dict[str, np.ndarray] = {}
@@ -165,36 +185,47 @@ def capture_first_token(
     *,
     prompt_text: str = "",
     tokenizer: Any = None,
+    decode_steps: int = 0,
 ) -> Capture:
-    """Run a path's own generation loop up to the first token with the probes installed.
+    """Run a path's own generation loop with the probes installed: the prompt, the first
+    token, and `decode_steps` greedy decode steps after it.
 
     `session` has `name`, `model`, `model_type`, `layer_probes` and `provenance`, and may
     have `perturb_embeddings(x, offset)` (what enters decoder layer 0 is replaced by its
     result; see `probes.install`); `start_steps(logits_processors)` starts the path's
-    `generate_step`. With a `tokenizer`, the capture's `tokens` are the ids decoded one by
-    one."""
+    `generate_step` for at least `decode_steps + 1` tokens. With a `tokenizer`, the
+    capture's `tokens` are the ids decoded one by one."""
     from . import probes
 
-    first_logits = FirstLogits()
+    step_logits = StepLogits()
+    generated: list[int] = []
     with probes.install(
         session.model,
         session.model_type,
         session.layer_probes,
         perturb_embeddings=getattr(session, "perturb_embeddings", None),
     ) as recording:
-        steps = start_steps([first_logits])
-        next(steps)
+        steps = start_steps([step_logits])
+        for _ in range(decode_steps + 1):
+            step = next(steps, None)
+            if step is None:  # the path stopped early (an end-of-sequence token)
+                break
+            generated.append(token_id(step))
         steps.close()
+    # generate_step computes the next step before yielding: keep the yielded ones.
+    decode_logits = step_logits.steps[1 : len(generated)]
     return build_capture(
         session.name,
         case_id,
         input_ids,
         recording,
-        first_logits.logits,
+        step_logits.logits,
         session.provenance,
         probes.layer_tree(session.model),
         prompt_text=prompt_text,
         tokenizer=tokenizer,
+        decode_logits=decode_logits,
+        generated=generated,
     )
 
 

@@ -43,7 +43,7 @@ from .case_yaml import (  # noqa: F401  (IMAGE_FORMATS, restrict_image_formats: 
 )
 from .check_specs import CheckSpec
 from .paths import BUILTIN as BUILTIN_PATHS
-from .profiles import PROFILES, Profile
+from .profiles import DECODE_FOLLOWS, PROFILES, Profile
 from .records import STAGE_ORDER
 
 # Above this many pixels an image is refused before decoding (3000x2000 photos, 6 MP, and
@@ -209,6 +209,12 @@ class CaseSpec(_Strict):
     # Draws of the noise envelope (harness.envelope) when the first difference is a
     # tolerated one at the embeddings; 0 turns it off.
     noise_envelope: int = Field(3, ge=0, le=16)
+    # Greedy decode steps after the first token, compared as stages decode.1 ... decode.N
+    # (2 as in mlx-engine's own parity tests); 0 stops at the first token.
+    decode_steps: int = Field(2, ge=0, le=64)
+    # Capture the case a second time in the candidate's session after it served other
+    # prompts, and fail (`session_state`) on any difference (harness.session_state).
+    session_state: bool = False
 
     @field_validator("id")
     @classmethod
@@ -326,7 +332,9 @@ class CaseSpec(_Strict):
     def checks(self) -> Profile:
         """Profile defaults with this case's per-stage overrides applied."""
         name = self.profile or ("image" if self.has_images else "exact")
-        return {**PROFILES[name], **{k: tuple(v) for k, v in self.tolerances.items()}}
+        checks = {**PROFILES[name], **{k: tuple(v) for k, v in self.tolerances.items()}}
+        checks.setdefault("decode", checks[DECODE_FOLLOWS])
+        return checks
 
     def model_label(self) -> str:
         spec = self.model

@@ -14,6 +14,7 @@ from .differences import first_difference, ids_difference
 from .envelope import PERTURBED_STAGE, SLACK, measure
 from .probes import LAYER_OUT, LAYER_PLI
 from .records import (
+    DECODE_PREFIX,
     DEEPSTACK_PREFIX,
     STAGE_ORDER,
     Capture,
@@ -112,8 +113,8 @@ def _absent(
     )
 
 
-# Stages only some architectures have: no row at all when neither path captured one.
-ARCHITECTURE_STAGES = frozenset({"position_ids"})
+# Stages only some architectures or captures have: no row when neither path has one.
+ARCHITECTURE_STAGES = frozenset({"position_ids", "tokens"})
 
 
 def check_stage(
@@ -141,9 +142,40 @@ def aligned_sections(stage: str, ref: np.ndarray, test: np.ndarray) -> tuple:
     return ref, test
 
 
-def _deepstack_stages(*captures: Capture) -> list[str]:
-    found = {k for c in captures for k in c.arrays if k.startswith(DEEPSTACK_PREFIX)}
+def _indexed_stages(prefix: str, *captures: Capture) -> list[str]:
+    found = {k for c in captures for k in c.arrays if k.startswith(prefix)}
     return sorted(found, key=stage_rank)
+
+
+def _deepstack_stages(*captures: Capture) -> list[str]:
+    return _indexed_stages(DEEPSTACK_PREFIX, *captures)
+
+
+def _same_tokens_before(step: int, reference: Capture, candidate: Capture) -> bool:
+    ref, test = reference.arrays.get("tokens"), candidate.arrays.get("tokens")
+    return ref is not None and test is not None and np.array_equal(ref[:step], test[:step])
+
+
+def check_decode(
+    case_id: str, specs: Sequence[CheckSpec], reference: Capture, candidate: Capture
+) -> list[CheckResult]:
+    """Each decode step's logits, as long as both paths were fed the same tokens up to it;
+    after the paths generated different tokens, later steps are not comparable (the
+    `tokens` stage and the step where they parted fail)."""
+    rows = []
+    for stage in _indexed_stages(DECODE_PREFIX, reference, candidate):
+        step = int(stage.removeprefix(DECODE_PREFIX))
+        if not _same_tokens_before(step, reference, candidate):
+            rows.append(
+                CheckResult(
+                    case_id, stage, "presence", "compared", 0.0, 0.0, True, 0.0,
+                    "not compared: the paths generated different tokens before this step",
+                    gating=False,
+                )
+            )  # fmt: skip
+            continue
+        rows += check_stage(case_id, stage, specs, reference, candidate)
+    return rows
 
 
 def check_deepstack(
@@ -220,6 +252,8 @@ def compare(case: CaseSpec, reference: Capture, candidate: Capture) -> list[Chec
             results.extend(check_layers(case.id, profile[stage], reference, candidate))
         elif stage == "deepstack":
             results.extend(check_deepstack(case.id, profile[stage], reference, candidate))
+        elif stage == "decode":
+            results.extend(check_decode(case.id, profile[stage], reference, candidate))
         else:
             results.extend(check_stage(case.id, stage, profile[stage], reference, candidate))
     return unique_metrics(results)
@@ -286,7 +320,10 @@ def compared_arrays(
                     )
                     arrays[layer_stage(index)] = (ref, test, reference.dtypes.get(key, "float32"))
         else:
-            names = _deepstack_stages(reference) if stage == "deepstack" else [stage]
+            indexed = {"deepstack": DEEPSTACK_PREFIX, "decode": DECODE_PREFIX}
+            names = (
+                _indexed_stages(indexed[stage], reference) if stage in indexed else [stage]
+            )
             for name in names:
                 if name in reference.arrays and name in candidate.arrays:
                     ref, test = aligned_sections(
@@ -373,9 +410,16 @@ def verdict(
     candidate: Capture,
     image_token_id: int | None = None,
     envelope: Sequence[Capture] = (),
+    session_state: Capture | None = None,
 ) -> Verdict:
+    """`session_state`: the candidate captured again after serving other prompts (see
+    harness.session_state), held to its first capture."""
     results = compare(case, reference, candidate)
     results, envelope_note = apply_envelope(results, reference, candidate, envelope)
+    if session_state is not None:
+        from .session_state import check as session_check
+
+        results.append(session_check(case.id, candidate, session_state))
     ids_detail = ids_difference(reference, candidate, image_token_id)
     if ids_detail:  # a length or token mismatch explains itself in the ids check too
         results = [

@@ -47,6 +47,7 @@ PROFILES: dict[str, Profile] = {
         "layers": (StatsSpec(max_abs=0.0),),
         "deepstack": (ExactSpec(),),
         "logits": (ExactSpec(), *DISTRIBUTION),
+        "tokens": (ExactSpec(),),
     },
     "image": {
         "input_ids": (ExactSpec(),),
@@ -67,5 +68,10 @@ PROFILES: dict[str, Profile] = {
             KlSpec(max=1e-3),
             *DISTRIBUTION[1:],
         ),
+        # The engine's own decode test: generated tokens equal.
+        "tokens": (ExactSpec(),),
     },
 }
+# Decode steps' logits are checked as the first token's ("logits") unless a case says
+# otherwise (cases.CaseSpec.checks).
+DECODE_FOLLOWS = "logits"

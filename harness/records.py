@@ -26,9 +26,14 @@ STAGE_ORDER: tuple[str, ...] = (
     "layers",
     "deepstack",
     "logits",
+    "decode",
+    "tokens",
 )
 LAYER_PREFIX = "layer."
 DEEPSTACK_PREFIX = "deepstack."
+# "decode" stands for "decode.1" ... "decode.N": the logits of each greedy decode step after
+# the first token; "tokens" for the greedy tokens each path generated.
+DECODE_PREFIX = "decode."
 
 
 def layer_stage(index: int) -> str:
@@ -39,7 +44,13 @@ def deepstack_stage(index: int) -> str:
     return f"{DEEPSTACK_PREFIX}{index}"
 
 
+def decode_stage(step: int) -> str:
+    return f"{DECODE_PREFIX}{step}"
+
+
 def stage_rank(stage: str) -> tuple[int, int]:
+    if stage.startswith(DECODE_PREFIX):
+        return STAGE_ORDER.index("decode"), int(stage.removeprefix(DECODE_PREFIX))
     layers = STAGE_ORDER.index("layers")
     if stage.startswith(LAYER_PREFIX):
         return layers, 2 * int(stage.removeprefix(LAYER_PREFIX))

@@ -23,6 +23,7 @@ from .paths import PathError, SessionOptions, resolve_session_class
 from .paths.loading import image_token_id_of, model_type_of
 from .policy import ImportPolicy, custom_code_in
 from .records import Status, Verdict
+from .session_state import STAGE as SESSION_STATE
 
 # (event, payload) for progress displays: "verdict" carries a Verdict, "planned" the number
 # of cases, other events ("load", "capture", "error", "interrupted") a message.
@@ -156,6 +157,7 @@ def _plan(
     model_type = model_type_of(model_dir)
     code = custom_code_in(model_dir)  # read once per checkpoint, not per case
     plan: dict[SessionKey, list[tuple[CaseSpec, str]]] = {}
+    again: list[tuple[SessionKey, CaseSpec]] = []
     for case in group:
         try:
             case.check_images(max_pixels=options.max_image_pixels)
@@ -166,6 +168,13 @@ def _plan(
             continue
         for key, role in keys:
             plan.setdefault(key, []).append((case, role))
+        if case.session_state:
+            again.append((keys[-1][0], case))
+    # A session-state case is the candidate session's first prompt (its capture is as fresh
+    # as the session), followed at once by the warm-ups and its second capture.
+    for key, case in reversed(again):
+        members = [m for m in plan[key] if m[0] is not case]
+        plan[key] = [(case, "candidate"), (case, SESSION_STATE), *members]
     return sorted(plan.items(), key=lambda item: item[0].options.addon is not None)
 
 
@@ -233,6 +242,7 @@ def _compare_group(
                 captures[(case.id, "reference")],
                 captures[(case.id, "candidate")],
                 image_token_id,
+                session_state=captures.get((case.id, SESSION_STATE)),
             )
     _add_envelopes(group, plan, done, captures, model_dir, image_token_id, observe, options, more)
     return [done[c.id] for c in group], model_dir, outcome.seconds
@@ -306,6 +316,7 @@ def _add_envelopes(
             captures[(case_id, "candidate")],
             image_token_id,
             envelope=draws,
+            session_state=captures.get((case_id, SESSION_STATE)),
         )
 
 

@@ -263,3 +263,51 @@ class LandscapeOnly(AddOn):
             i.transpose(Image.Transpose.ROTATE_90) if i.height > i.width else i
             for i in AddOn.load_images(images_b64, max_size)
         ]
+
+
+class _StaleDecodeDecoder(UnifiedGemma4TextModel):
+    """Decode steps (token calls after an image prompt) take their per-layer inputs from
+    the stored prompt ids (the last prompt row) instead of the new token: the state the
+    prompt left behind is read one call too long."""
+
+    def __call__(self, inputs=None, cache=None, input_embeddings=None, per_layer_inputs=None):
+        state = self.prompt_state
+        ids = None if state is None else state.per_layer_input_ids
+        if input_embeddings is None and ids is not None and per_layer_inputs is None:
+            per_layer_inputs = self._get_per_layer_inputs(ids[:, -inputs.shape[1] :])
+        return super().__call__(inputs, cache, input_embeddings, per_layer_inputs)
+
+
+class StalePromptStateAtDecode(AddOn):
+    """Exact through the first token; wrong from the first decode step on."""
+
+    def patch_text_model(self, text_model):
+        text_model.language_model.model.__class__ = _StaleDecodeDecoder
+
+
+
+class _StateReadByTextDecoder(UnifiedGemma4TextModel):
+    """Reads the stored prompt state on token calls too (per-layer inputs of the stored
+    prompt's rows at the call's offset, as for embeddings calls)."""
+
+    def __call__(self, inputs=None, cache=None, input_embeddings=None, per_layer_inputs=None):
+        state = self.prompt_state
+        ids = None if state is None else state.per_layer_input_ids
+        if input_embeddings is None and ids is not None and per_layer_inputs is None:
+            start = self.prompt_position(cache)
+            rows = ids[:, start : start + inputs.shape[1]]
+            if rows.shape[1] == inputs.shape[1]:
+                per_layer_inputs = self._get_per_layer_inputs(rows)
+        return super().__call__(inputs, cache, input_embeddings, per_layer_inputs)
+
+
+class PromptStateNeverCleared(AddOn):
+    """`clear_prediction_state` forgotten, and the decoder reads the stored state whenever it
+    holds one: each request alone is right (a text request in a fresh session has no state),
+    a text request after an image request reads the image prompt's per-layer ids."""
+
+    def patch_text_model(self, text_model):
+        text_model.language_model.model.__class__ = _StateReadByTextDecoder
+
+    def clear_prediction_state(self, text_model):
+        pass

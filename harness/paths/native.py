@@ -93,13 +93,14 @@ class NativeSession:
                 self.model,
                 pixel_values,
                 mask,
-                max_tokens=1,
+                max_tokens=case.decode_steps + 1,
                 temperature=0.0,
                 prefill_step_size=case.prefill_step_size,
                 logits_processors=processors,
                 **inputs,
             ),
             prompt_text=prompt,
+            decode_steps=case.decode_steps,
             tokenizer=getattr(self.processor, "tokenizer", self.processor),
         )
 

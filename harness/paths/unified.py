@@ -95,12 +95,13 @@ class PlainTextSession:
             lambda processors: generate_step(
                 input_ids,
                 self.model,
-                max_tokens=1,
+                max_tokens=case.decode_steps + 1,
                 prefill_step_size=case.prefill_step_size,
                 input_embeddings=embeddings,
                 logits_processors=processors,
             ),
             prompt_text=prompt,
+            decode_steps=case.decode_steps,
             tokenizer=self.tokenizer,
         )
 
