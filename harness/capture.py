@@ -132,6 +132,7 @@ def build_capture(
     tokenizer: Any = None,
     decode_logits: Sequence[mx.array] = (),
     generated: Sequence[int] = (),
+    prompt_offset: int = 0,
 ) -> Capture:
     """`decode_logits`: the logits of decode steps 1..N; `generated`: the greedy tokens the
     path chose after the prompt and after each decode step (the `tokens` stage)."""
@@ -158,7 +159,7 @@ def build_capture(
         arrays[stage], dtypes[stage] = to_numpy(value)
     # Differences are taken in float32; checks judge them in the hidden state's dtype.
     dtypes |= {stage: dtypes[f"{LAYER_OUT}.{index}"] for stage, index in injected.items()}
-    masks, mask_types = mask_arrays(recording, len(chunks), prompt_len)
+    masks, mask_types = mask_arrays(recording, len(chunks), prompt_offset + prompt_len)
     arrays |= masks
     dtypes |= dict.fromkeys(masks, "bool")
     provenance = {k: str(v) for k, v in provenance.items()}
@@ -186,6 +187,7 @@ def capture_first_token(
     prompt_text: str = "",
     tokenizer: Any = None,
     decode_steps: int = 0,
+    prompt_offset: int = 0,
 ) -> Capture:
     """Run a path's own generation loop with the probes installed: the prompt, the first
     token, and `decode_steps` greedy decode steps after it.
@@ -194,7 +196,9 @@ def capture_first_token(
     have `perturb_embeddings(x, offset)` (what enters decoder layer 0 is replaced by its
     result; see `probes.install`); `start_steps(logits_processors)` starts the path's
     `generate_step` for at least `decode_steps + 1` tokens. With a `tokenizer`, the
-    capture's `tokens` are the ids decoded one by one."""
+    capture's `tokens` are the ids decoded one by one. `prompt_offset`: prompt rows a
+    restored prompt cache already holds (`input_ids` are the rest); masks then cover the
+    whole prompt, the rows before it empty."""
     from . import probes
 
     step_logits = StepLogits()
@@ -204,6 +208,7 @@ def capture_first_token(
         session.model_type,
         session.layer_probes,
         perturb_embeddings=getattr(session, "perturb_embeddings", None),
+        offset=prompt_offset,
     ) as recording:
         steps = start_steps([step_logits])
         for _ in range(decode_steps + 1):
@@ -226,6 +231,7 @@ def capture_first_token(
         tokenizer=tokenizer,
         decode_logits=decode_logits,
         generated=generated,
+        prompt_offset=prompt_offset,
     )
 
 

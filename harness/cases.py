@@ -183,6 +183,12 @@ def _template_kwargs(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+class PromptCacheSpec(_Strict):
+    # Prefill chunks (of prefill_step_size tokens) served from the restored cache: the
+    # boundary is a chunk edge, so both runs share one chunk schedule.
+    prefix_chunks: int = Field(ge=1, le=4096)
+
+
 # Stages every path captures for every model (per-layer probes can be off; other stages
 # exist only for some architectures): at least one gating check must be on one of them.
 ALWAYS_CAPTURED = ("input_ids", "embeddings", "logits")
@@ -215,6 +221,9 @@ class CaseSpec(_Strict):
     # Capture the case a second time in the candidate's session after it served other
     # prompts, and fail (`session_state`) on any difference (harness.session_state).
     session_state: bool = False
+    # Capture the case again with its first chunks from a saved and reloaded prompt cache,
+    # and fail (`prompt_cache`) on any difference (harness.prompt_cache).
+    prompt_cache: PromptCacheSpec | None = None
 
     @field_validator("id")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -410,16 +410,16 @@ def verdict(
     candidate: Capture,
     image_token_id: int | None = None,
     envelope: Sequence[Capture] = (),
-    session_state: Capture | None = None,
+    same_path: Mapping[str, Capture] | None = None,
 ) -> Verdict:
-    """`session_state`: the candidate captured again after serving other prompts (see
-    harness.session_state), held to its first capture."""
+    """`same_path`: the candidate's second captures by check name (harness.same_path:
+    after other prompts, through a restored prompt cache), each held to its first."""
     results = compare(case, reference, candidate)
     results, envelope_note = apply_envelope(results, reference, candidate, envelope)
-    if session_state is not None:
-        from .session_state import check as session_check
+    if same_path:
+        from .same_path import rows
 
-        results.append(session_check(case.id, candidate, session_state))
+        results += rows(case.id, candidate, same_path)
     ids_detail = ids_difference(reference, candidate, image_token_id)
     if ids_detail:  # a length or token mismatch explains itself in the ids check too
         results = [

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import same_path
 from .capture import save_capture
 from .cases import CaseError, CaseSpec
 from .patches import patched_library_classes
 from .paths import SessionOptions, resolve_session_class
 from .policy import remote_code
 from .records import Capture
-from .session_state import STAGE as SESSION_STATE
 from .worker import prestart, take
 
 Plan = list[tuple["SessionKey", list[tuple[CaseSpec, str]]]]
@@ -172,8 +172,8 @@ def _capture_one(
             from .envelope import perturbation
 
             session.perturb_embeddings = perturbation(*perturb)
-        if role == SESSION_STATE:
-            capture = _after_other_prompts(session, case, key)
+        if role in same_path.CHECKS:
+            capture = same_path.capture(role, session, case, key.path)
         else:
             capture = session.capture(case)
         if keep is not None:
@@ -192,16 +192,6 @@ def _capture_one(
                 del session.perturb_embeddings
         emit("timing", case.id, time.perf_counter() - started)
     return False
-
-
-def _after_other_prompts(session: Any, case: CaseSpec, key: SessionKey) -> Capture:
-    """The session-state capture; its failure is the check's failure, not the case's."""
-    from .session_state import failed_capture, serve_then_capture
-
-    try:
-        return serve_then_capture(session, case)
-    except Exception as exc:
-        return failed_capture(case.id, key.path, one_line(exc))
 
 
 def _observe_event(observe: Observer, model_dir: Path, event: str, *args: Any) -> None:

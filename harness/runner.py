@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import provenance, worker
+from . import provenance, same_path, worker
 from .cases import MAX_IMAGE_PIXELS, CaseError, CaseSpec, load_cases
 from .compare import needs_envelope
 from .compare import verdict as compute_verdict
@@ -23,7 +23,6 @@ from .paths import PathError, SessionOptions, resolve_session_class
 from .paths.loading import image_token_id_of, model_type_of
 from .policy import ImportPolicy, custom_code_in
 from .records import Status, Verdict
-from .session_state import STAGE as SESSION_STATE
 
 # (event, payload) for progress displays: "verdict" carries a Verdict, "planned" the number
 # of cases, other events ("load", "capture", "error", "interrupted") a message.
@@ -168,13 +167,14 @@ def _plan(
             continue
         for key, role in keys:
             plan.setdefault(key, []).append((case, role))
-        if case.session_state:
+        if same_path.roles(case):
             again.append((keys[-1][0], case))
-    # A session-state case is the candidate session's first prompt (its capture is as fresh
-    # as the session), followed at once by the warm-ups and its second capture.
+    # A case with same-path checks is among the candidate session's first prompts (its
+    # capture as fresh as the session can give), each second capture right after it.
     for key, case in reversed(again):
         members = [m for m in plan[key] if m[0] is not case]
-        plan[key] = [(case, "candidate"), (case, SESSION_STATE), *members]
+        seconds = [(case, role) for role in same_path.roles(case)]
+        plan[key] = [(case, "candidate"), *seconds, *members]
     return sorted(plan.items(), key=lambda item: item[0].options.addon is not None)
 
 
@@ -242,7 +242,7 @@ def _compare_group(
                 captures[(case.id, "reference")],
                 captures[(case.id, "candidate")],
                 image_token_id,
-                session_state=captures.get((case.id, SESSION_STATE)),
+                same_path=_second_captures(captures, case),
             )
     _add_envelopes(group, plan, done, captures, model_dir, image_token_id, observe, options, more)
     return [done[c.id] for c in group], model_dir, outcome.seconds
@@ -316,8 +316,12 @@ def _add_envelopes(
             captures[(case_id, "candidate")],
             image_token_id,
             envelope=draws,
-            session_state=captures.get((case_id, SESSION_STATE)),
+            same_path=_second_captures(captures, case),
         )
+
+
+def _second_captures(captures: dict, case: CaseSpec) -> dict[str, Any]:
+    return {r: captures[(case.id, r)] for r in same_path.roles(case) if (case.id, r) in captures}
 
 
 def envelope_delta(captures: dict, case_id: str):

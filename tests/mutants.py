@@ -311,3 +311,21 @@ class PromptStateNeverCleared(AddOn):
 
     def clear_prediction_state(self, text_model):
         pass
+
+
+class _CausalAfterRestoreDecoder(UnifiedGemma4TextModel):
+    """Builds the bidirectional image mask only for calls starting at the prompt's first
+    row: a suffix prefilled on top of a restored prompt cache attends causally."""
+
+    def _make_masks(self, h, cache):
+        if self._chunk is not None and self._chunk.start > 0:
+            return gemma4_text.Gemma4TextModel._make_masks(self, h, cache)
+        return super()._make_masks(h, cache)
+
+
+class MaskLostAfterRestore(AddOn):
+    """mlx-engine's regression: bidirectional image attention lost on a suffix prefilled
+    on top of a restored prompt-cache prefix. Exact on one-shot requests."""
+
+    def patch_text_model(self, text_model):
+        text_model.language_model.model.__class__ = _CausalAfterRestoreDecoder

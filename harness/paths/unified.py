@@ -75,9 +75,9 @@ class PlainTextSession:
             raise PathError(f"path {self.name!r} takes text prompts only; case has images")
         return prompt_tokens, None
 
-    def capture(self, case: CaseSpec) -> Capture:
+    def prepare(self, case: CaseSpec) -> tuple[str, Any, Any]:
+        """A new request: state cleared, prompt rendered, ids and embeddings computed."""
         import mlx.core as mx
-        from mlx_lm.generate import generate_step
 
         clear = getattr(self.addon, "clear_prediction_state", None)
         if callable(clear):
@@ -88,6 +88,25 @@ class PlainTextSession:
             case, prompt_tokens.count(self.image_token_id), self.image_token_id
         )
         input_ids, embeddings = self.embeddings(case, mx.array(prompt_tokens))
+        return prompt, input_ids, embeddings
+
+    def capture(self, case: CaseSpec) -> Capture:
+        prompt, input_ids, embeddings = self.prepare(case)
+        return self.capture_prepared(case, prompt, input_ids, embeddings)
+
+    def capture_prepared(
+        self,
+        case: CaseSpec,
+        prompt: str,
+        input_ids: Any,
+        embeddings: Any,
+        prompt_cache: list[Any] | None = None,
+        prefix_len: int = 0,
+    ) -> Capture:
+        """mlx-lm's `generate_step` over `input_ids` (and `embeddings`), on top of
+        `prompt_cache` when given (holding the `prefix_len` prompt rows before them)."""
+        from mlx_lm.generate import generate_step
+
         return capture_first_token(
             self,
             case.id,
@@ -99,10 +118,12 @@ class PlainTextSession:
                 prefill_step_size=case.prefill_step_size,
                 input_embeddings=embeddings,
                 logits_processors=processors,
+                prompt_cache=prompt_cache,
             ),
             prompt_text=prompt,
             decode_steps=case.decode_steps,
             tokenizer=self.tokenizer,
+            prompt_offset=prefix_len,
         )
 
     def close(self) -> None:

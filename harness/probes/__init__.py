@@ -220,11 +220,14 @@ def install(
     model_type: str,
     layer_outputs: bool = True,
     perturb_embeddings: Perturbation | None = None,
+    offset: int = 0,
 ) -> Iterator[Recording]:
     """Install every tap on `model` for the duration of the block. `perturb_embeddings(x,
     offset)` (for noise envelopes) replaces what enters decoder layer 0, before it is
     recorded: the captured embeddings are the perturbed ones."""
-    recording = Recording()
+    # `offset`: prompt rows already in the KV cache (a restored prefix): calls' positions,
+    # mask rows and perturbation rows are counted from it.
+    recording = Recording(rows_seen=offset)
     with contextlib.ExitStack() as stack:
         stack.enter_context(tap_layers(model, recording, layer_outputs, perturb_embeddings))
         extra = architecture_taps(model_type)
