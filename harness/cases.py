@@ -183,10 +183,22 @@ def _template_kwargs(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+# Measured here (bf16 tiny checkpoints, 5 greedy steps): 0.011 (gemma4_text), 0.030
+# (gemma4_sliding_window_text), 0.026 (gemma3_text); about 2x the largest. mlx-engine's
+# own bound is 0.125.
+BATCH_LOGPROB_TOLERANCE = 0.0625
+
+
 class PromptCacheSpec(_Strict):
     # Prefill chunks (of prefill_step_size tokens) served from the restored cache: the
     # boundary is a chunk edge, so both runs share one chunk schedule.
     prefix_chunks: int = Field(ge=1, le=4096)
+
+
+class BatchSpec(_Strict):
+    # Max |difference| of the selected tokens' log-probabilities, batched vs alone.
+    # Default measured on the shipped text cases (BATCH_LOGPROB_TOLERANCE).
+    logprob_tolerance: float = Field(BATCH_LOGPROB_TOLERANCE, ge=0.0, allow_inf_nan=False)
 
 
 # Stages every path captures for every model (per-layer probes can be off; other stages
@@ -224,6 +236,9 @@ class CaseSpec(_Strict):
     # Capture the case again with its first chunks from a saved and reloaded prompt cache,
     # and fail (`prompt_cache`) on any difference (harness.prompt_cache).
     prompt_cache: PromptCacheSpec | None = None
+    # Generate the case batched with another request (mlx-lm's batch generator) and fail
+    # (`batch`) unless the tokens are equal and the logprobs within tolerance.
+    batch: BatchSpec | None = None
 
     @field_validator("id")
     @classmethod

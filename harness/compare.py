@@ -419,7 +419,7 @@ def verdict(
     if same_path:
         from .same_path import rows
 
-        results += rows(case.id, candidate, same_path)
+        results += rows(case, candidate, same_path)
     ids_detail = ids_difference(reference, candidate, image_token_id)
     if ids_detail:  # a length or token mismatch explains itself in the ids check too
         results = [

@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import prompt_cache, session_state
+from . import batching, prompt_cache, session_state
 from .cases import CaseError, CaseSpec
 from .records import Capture, CheckResult
 
@@ -20,17 +20,27 @@ ERROR = "same_path_error"
 class SamePathCheck:
     wanted: Callable[[CaseSpec], bool]
     capture: Callable[[Any, CaseSpec], Capture]
-    check: Callable[[str, Capture, Capture], CheckResult]
+    # (case, first capture, second capture) -> the one row
+    check: Callable[[CaseSpec, Capture, Capture], CheckResult]
 
 
 CHECKS: dict[str, SamePathCheck] = {
     session_state.STAGE: SamePathCheck(
-        lambda case: case.session_state, session_state.serve_then_capture, session_state.check
+        lambda case: case.session_state,
+        session_state.serve_then_capture,
+        lambda case, first, second: session_state.check(case.id, first, second),
     ),
     prompt_cache.STAGE: SamePathCheck(
         lambda case: case.prompt_cache is not None,
         prompt_cache.restored_capture,
-        prompt_cache.check,
+        lambda case, first, second: prompt_cache.check(case.id, first, second),
+    ),
+    batching.STAGE: SamePathCheck(
+        lambda case: case.batch is not None,
+        batching.batched_capture,
+        lambda case, first, second: batching.check(
+            case.id, first, second, case.batch.logprob_tolerance
+        ),
     ),
 }
 
@@ -52,8 +62,8 @@ def capture(role: str, session: Any, case: CaseSpec, path: str) -> Capture:
         return Capture(path, case.id, {}, {}, (), provenance={ERROR: one_line(exc)})
 
 
-def rows(case_id: str, candidate: Capture, extra: Mapping[str, Capture]) -> list[CheckResult]:
-    results = []
+def rows(case: CaseSpec, candidate: Capture, extra: Mapping[str, Capture]) -> list[CheckResult]:
+    case_id, results = case.id, []
     for role, second in extra.items():
         error = second.provenance.get(ERROR)
         if error is not None:
@@ -64,5 +74,5 @@ def rows(case_id: str, candidate: Capture, extra: Mapping[str, Capture]) -> list
                 )  # fmt: skip
             )
         else:
-            results.append(CHECKS[role].check(case_id, candidate, second))
+            results.append(CHECKS[role].check(case, candidate, second))
     return results
