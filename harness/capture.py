@@ -50,8 +50,9 @@ FirstLogits = StepLogits  # the name paths written against earlier versions impo
 
 
 def token_id(step: Any) -> int:
-    """The token of one `generate_step` yield, `(token, logprobs)` in both libraries."""
-    token = step[0] if isinstance(step, tuple) else step
+    """The token of one generation step: `(token, logprobs)` from both libraries'
+    `generate_step`, a response object with `.token` from their `stream_generate`."""
+    token = step[0] if isinstance(step, tuple) else getattr(step, "token", step)
     return int(token.item() if hasattr(token, "item") else token)
 
 

@@ -25,6 +25,10 @@ BUILTIN: dict[str, str] = {
     "mlx-vlm": "harness.paths.native:NativeSession",
     "unified": "harness.paths.unified:UnifiedSession",
     "mlx-lm": "harness.paths.unified:PlainTextSession",
+    # Engine-style: the libraries' stream_generate instead of generate_step.
+    "mlx-vlm-stream": "harness.paths.pipeline:VlmStreamSession",
+    "unified-stream": "harness.paths.pipeline:UnifiedStreamSession",
+    "mlx-lm-stream": "harness.paths.pipeline:MlxLmStreamSession",
 }
 
 

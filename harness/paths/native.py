@@ -4,6 +4,7 @@ language model and prefill policy (`mlx_vlm.generate_step`)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..capture import capture_first_token
 from ..cases import CaseSpec
@@ -63,13 +64,13 @@ class NativeSession:
         token = getattr(config, "image_token_id", None)
         return token if token is not None else getattr(config, "image_token_index", None)
 
-    def capture(self, case: CaseSpec) -> Capture:
-        from mlx_vlm.generate import generate_step
+    def prepare(self, case: CaseSpec) -> tuple[str, list[str] | None, dict[str, Any]]:
+        """The rendered prompt, its image files, and mlx-vlm's `prepare_inputs` of them,
+        called as mlx-vlm's own generate calls it."""
         from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
         images = [str(p) for p in case.image_files] or None
         prompt = self.render_prompt(case)
-        image_token_id = self._image_token_id()
         placeholder_id = placeholder_token_id_of(self.model_dir)
         check_image_placeholders(
             case, self._placeholder_count(prompt, placeholder_id), placeholder_id
@@ -78,9 +79,15 @@ class NativeSession:
             self.processor,
             images=images,
             prompts=[prompt],
-            image_token_index=image_token_id,
+            image_token_index=self._image_token_id(),
             add_special_tokens=should_add_special_tokens(self.model_type, self.processor),
         )
+        return prompt, images, inputs
+
+    def capture(self, case: CaseSpec) -> Capture:
+        from mlx_vlm.generate import generate_step
+
+        prompt, _, inputs = self.prepare(case)
         input_ids = inputs.pop("input_ids")
         pixel_values = inputs.pop("pixel_values", None)
         mask = inputs.pop("attention_mask", None)
