@@ -12,7 +12,7 @@ import numpy as np
 
 from .probes import LAYER_IN, LAYER_OUT, Recording
 from .probes._masks import stacked_grids
-from .records import Capture, decode_stage, deepstack_stage
+from .records import DEEPSTACK_SCALE, Capture, decode_stage, deepstack_stage
 
 # Capture.tokens holds at most this many decoded tokens (one decode call per token).
 MAX_DECODED_TOKENS = 4096
@@ -115,8 +115,13 @@ def between_layers(stages: dict[str, mx.array]) -> dict[str, int]:
         before = stages.get(f"{LAYER_OUT}.{index}")
         if before is not None and before.shape == after.shape:
             stage = deepstack_stage(index)
-            stages[stage] = after.astype(mx.float32) - before.astype(mx.float32)
+            after, before = after.astype(mx.float32), before.astype(mx.float32)
+            stages[stage] = after - before
+            # The rounding of the addition is an ulp of the hidden state, not of what was
+            # added: ulp-based checks of the difference take their spacing from here.
+            stages[f"{DEEPSTACK_SCALE}.{index}"] = mx.maximum(mx.abs(after), mx.abs(before))
             injected[stage] = index
+            injected[f"{DEEPSTACK_SCALE}.{index}"] = index
     return injected
 
 

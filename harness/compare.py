@@ -8,14 +8,15 @@ from dataclasses import replace
 import numpy as np
 
 from .cases import CaseSpec
-from .check_specs import CheckSpec
-from .checks import guard
+from .check_specs import CheckSpec, UlpSpec
+from .checks import guard, ulp
 from .differences import first_difference, ids_difference
 from .envelope import PERTURBED_STAGE, SLACK, measure
 from .probes import LAYER_OUT, LAYER_PLI
 from .records import (
     DECODE_PREFIX,
     DEEPSTACK_PREFIX,
+    DEEPSTACK_SCALE,
     STAGE_ORDER,
     Capture,
     CheckResult,
@@ -181,12 +182,42 @@ def check_decode(
 def check_deepstack(
     case_id: str, specs: Sequence[CheckSpec], reference: Capture, candidate: Capture
 ) -> list[CheckResult]:
-    """Each `deepstack.N` either path captured (what was added after layer N)."""
-    return [
-        row
-        for stage in _deepstack_stages(reference, candidate)
-        for row in check_stage(case_id, stage, specs, reference, candidate)
-    ]
+    """Each `deepstack.N` either path captured (what was added after layer N). Ulp checks
+    count ulps of the hidden state the features were added to (its rounding is what a
+    tolerated upstream difference moves), not of the features."""
+    rows = []
+    for stage in _deepstack_stages(reference, candidate):
+        plain = [s for s in specs if not isinstance(s, UlpSpec)]
+        rows += check_stage(case_id, stage, plain, reference, candidate)
+        scale = stage.replace(DEEPSTACK_PREFIX, DEEPSTACK_SCALE + ".", 1)
+        arrays = [c.arrays.get(k) for c in (reference, candidate) for k in (stage, scale)]
+        for spec in (s for s in specs if isinstance(s, UlpSpec)):
+            if any(a is None for a in arrays):
+                rows += check_stage(case_id, stage, [spec], reference, candidate)
+                continue
+            rows.append(_hidden_ulps(case_id, stage, spec, *arrays, reference.dtypes))
+    return rows
+
+
+def _hidden_ulps(case_id, stage, spec, ref, ref_scale, test, test_scale, dtypes) -> CheckResult:
+    stop = guard(ref, test) or guard(ref_scale, test_scale)
+    if stop is not None:
+        return CheckResult(
+            case_id, stage, GUARD, stop.metric, stop.value, stop.threshold, stop.passed,
+            stop.required, stop.detail, gating=spec.gate,
+        )  # fmt: skip
+    dtype = dtypes.get(stage, "float32")
+    spacing = ulp(np.maximum(ref_scale, test_scale), dtype)
+    in_ulps = np.abs(ref.astype(np.float64) - test.astype(np.float64)) / spacing
+    value = float(in_ulps.max()) if in_ulps.size else 0.0
+    detail = (
+        f"{dtype} ulps of the hidden state; {int((in_ulps > 0).sum())} of {in_ulps.size} "
+        "elements differ"
+    )
+    return CheckResult(
+        case_id, stage, spec.check, "max_ulp_diff", value, spec.ulps, value <= spec.ulps,
+        value, detail, gating=spec.gate,
+    )  # fmt: skip
 
 
 def _layer_count(capture: Capture) -> int:

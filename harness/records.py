@@ -31,6 +31,8 @@ STAGE_ORDER: tuple[str, ...] = (
 )
 LAYER_PREFIX = "layer."
 DEEPSTACK_PREFIX = "deepstack."
+# Per deepstack.N, the hidden state's magnitude around the addition (not a stage).
+DEEPSTACK_SCALE = "deepstack_scale"
 # "decode" stands for "decode.1" ... "decode.N": the logits of each greedy decode step after
 # the first token; "tokens" for the greedy tokens each path generated.
 DECODE_PREFIX = "decode."

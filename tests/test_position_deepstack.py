@@ -79,7 +79,14 @@ def test_between_layers_is_what_was_added_after_each_layer():
     recording = _run(model, [(mx.ones((1, 3, 4)), ())])
     stages = {k: v[0][0] for k, v in recording.calls.items()}
     injected = between_layers(stages)
-    assert injected == {"deepstack.0": 0, "deepstack.1": 1}
+    assert injected == {
+        "deepstack.0": 0,
+        "deepstack.1": 1,
+        "deepstack_scale.0": 0,
+        "deepstack_scale.1": 1,
+    }
+    # Layer 0 doubles the ones (2.0), 0.5 is added: the hidden state around it is 2.5.
+    assert np.all(np.array(stages["deepstack_scale.0"]) == 2.5)
     assert np.all(np.array(stages["deepstack.0"]) == 0.5)
     assert np.all(np.array(stages["deepstack.1"]) == 0.0)
     assert not any(k.startswith("layer_inputs") for k in stages)
