@@ -11,7 +11,7 @@ from typing import Literal
 
 import pandas as pd
 
-from . import plots
+from . import plots, plots_steps
 from .explain import explain
 from .records import Verdict
 from .report_files import atomic_write, check_report_dir, staged_dir
@@ -159,6 +159,8 @@ def _write_figures(
     ids = {v.case_id for v in chosen}
     if plots.plot_layers(frame[frame.case_id.isin(ids)], figure_dir / "layers.png"):
         drawn["layers_figure"] = Path("figures") / "layers.png"
+    if plots_steps.plot_steps(frame[frame.case_id.isin(ids)], figure_dir / "steps.png"):
+        drawn["steps_figure"] = Path("figures") / "steps.png"
     for v in chosen:
         plots.plot_image_tokens(v, figure_dir / plots.figure_name(v.case_id))
     return drawn
