@@ -54,6 +54,7 @@ def _case(directory: Path, options: dict) -> Path:
         model: {{synth: gemma4, options: {json.dumps(options)}}}
         addon: gemma4
         profile: exact
+        decode_steps: 0
         messages:
           - role: user
             content:
@@ -127,6 +128,7 @@ def test_overhead_realistic(benchmark, tmp_path, e2b_env):
         model: {synth: gemma4, options: {preset: e2b, logit_scale: 4.0}}
         addon: gemma4
         profile: exact
+        decode_steps: 0
         messages: [{role: user, content: Hi}]
     """)
     )

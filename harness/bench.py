@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 BARE_PATHS = ("mlx-vlm", "unified")
+# Tokens each bare forward generates (1: the prompt and the first token); a list so the
+# spawned worker can be told another count.
+MAX_TOKENS = [1]
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class _BareNative:
             self.processor,
             prompts=[prompt],
             images=[str(p) for p in case.image_files] or None,
-            image_token_index=self.model.config.image_token_id,
+            image_token_index=_image_token_id(self.model.config),
         )
         ids, pixels, mask = (
             inputs.pop(k, None) for k in ("input_ids", "pixel_values", "attention_mask")
@@ -90,14 +93,20 @@ class _BareNative:
             self.model,
             pixels,
             mask,
-            max_tokens=1,
+            max_tokens=MAX_TOKENS[0],
             temperature=0.0,
             prefill_step_size=case.prefill_step_size,
             **inputs,
         )
-        next(steps)
+        for _ in range(MAX_TOKENS[0]):
+            next(steps)
         steps.close()
         return time.perf_counter() - start
+
+
+def _image_token_id(config: Any) -> int | None:
+    token = getattr(config, "image_token_id", None)
+    return token if token is not None else getattr(config, "image_token_index", None)
 
 
 class _BareUnified:
@@ -108,8 +117,12 @@ class _BareUnified:
 
         model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
         self.addon = resolve_addon(case.addon, model_type)(model_dir)
-        self.model, self.tokenizer = mlx_lm.load(str(model_dir))
-        self.addon.patch_text_model(self.model)
+        loader = getattr(self.addon, "load_text_model", None)
+        load = loader if callable(loader) else lambda d: mlx_lm.load(str(d))
+        self.model, self.tokenizer = load(model_dir)
+        patch = getattr(self.addon, "patch_text_model", None)
+        if callable(patch):
+            patch(self.model)
 
     def forward(self, case: Any) -> float:
         import base64
@@ -134,11 +147,12 @@ class _BareUnified:
         steps = generate_step(
             tokens,
             self.model,
-            max_tokens=1,
+            max_tokens=MAX_TOKENS[0],
             input_embeddings=embeddings,
             prefill_step_size=case.prefill_step_size,
         )
-        next(steps)
+        for _ in range(MAX_TOKENS[0]):
+            next(steps)
         steps.close()
         return time.perf_counter() - start
 
@@ -147,13 +161,15 @@ BARE = {"mlx-vlm": _BareNative, "unified": _BareUnified}
 
 
 def _bare_worker(
-    conn: Any, model_dir: Path, case: Any, paths: tuple[str, ...], repeat: int
+    conn: Any, model_dir: Path, case: Any, paths: tuple[str, ...], repeat: int, tokens: int = 1
 ) -> None:
     import gc
 
     import mlx.core as mx
 
     from .worker import exit_when_orphaned
+
+    MAX_TOKENS[0] = tokens
 
     threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     seconds: dict[str, list[float]] = {}
@@ -180,7 +196,7 @@ def _load_worker(conn: Any, model_dir: Path, case: Any) -> None:
 
 
 def bare_main(
-    case_file: Path, only: str | None, repeat: int, load_only: bool = False
+    case_file: Path, only: str | None, repeat: int, load_only: bool = False, tokens: int = 1
 ) -> dict[str, Any]:
     from .cases import load_case
     from .models import resolve_model
@@ -193,7 +209,9 @@ def bare_main(
     if load_only:
         worker = context.Process(target=_load_worker, args=(child, model_dir, case))
     else:
-        worker = context.Process(target=_bare_worker, args=(child, model_dir, case, paths, repeat))
+        worker = context.Process(
+            target=_bare_worker, args=(child, model_dir, case, paths, repeat, tokens)
+        )
     worker.start()
     child.close()
     seconds = parent.recv()
@@ -209,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     bare.add_argument("--only", choices=BARE_PATHS)
     bare.add_argument("--repeat", type=int, default=1)
     bare.add_argument("--load-only", action="store_true", help="load both paths, no forward")
+    bare.add_argument("--tokens", type=int, default=1, help="tokens to generate (1 + decode)")
     args = parser.parse_args(argv)
-    print(json.dumps(bare_main(args.case, args.only, args.repeat, args.load_only)))
+    print(json.dumps(bare_main(args.case, args.only, args.repeat, args.load_only, args.tokens)))
     return 0
 
 

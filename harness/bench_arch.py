@@ -1,0 +1,113 @@
+"""Measurements behind `make bench` for every architecture and for what lies past the first
+token: per architecture, the wall time and peak RSS of running its shipped cases, and the
+ratio of one image case to its bare forward passes; the cost of each extra decode step
+against bare greedy decoding; the cost of the same-path checks (session state, prompt-cache
+restore) against a plain capture. The pytest-benchmark module stays thin and calls these."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .bench import Measurement, bare_command, harness_command, measure, median_of
+
+
+def architecture_cases(cases_root: Path) -> dict[str, list[Path]]:
+    """Shipped case files per architecture folder, by the model each case synthesizes
+    (cases of real checkpoints are left out: they are skipped where absent)."""
+    from .architectures import folder
+    from .case_discovery import discover
+    from .cases import load_cases
+
+    found: dict[str, list[Path]] = {}
+    for path in discover([cases_root]):
+        cases, errors = load_cases([path])
+        synth = getattr(cases[0].model, "synth", None) if cases and not errors else None
+        name = folder(synth) if synth else None
+        if name is not None:
+            found.setdefault(name, []).append(path)
+    return dict(sorted(found.items()))
+
+
+def _representative(files: list[Path]) -> Path:
+    for key in ("one_image", "image"):
+        for path in files:
+            if key in path.stem:
+                return path
+    return files[0]
+
+
+def architecture_suite(cases_root: Path, workdir: Path) -> dict[str, dict[str, float]]:
+    results = {}
+    for name, files in architecture_cases(cases_root).items():
+        if not files:
+            continue
+        everything = measure(harness_command(files, workdir / name / "all"))
+        one = _representative(files)
+        single = measure(harness_command([one], workdir / name / "one"))
+        bare = measure(bare_command(one))
+        results[name] = {
+            "cases": float(len(files)),
+            "all_cases_wall_s": everything.wall_s,
+            "all_cases_peak_rss_mb": everything.peak_rss_mb,
+            "one_case_wall_s": single.wall_s,
+            "bare_wall_s": bare.wall_s,
+            "overhead_ratio": single.wall_s / bare.wall_s,
+        }
+    return results
+
+
+def _with(template: Path, directory: Path, **fields: object) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "case.yaml"
+    extra = "".join(f"{k}: {json.dumps(v)}\n" for k, v in fields.items())
+    path.write_text(f"id: bench\n{extra}{template.read_text()}")
+    return path
+
+
+def decode_suite(template: Path, workdir: Path, steps: int, rounds: int = 3) -> dict[str, float]:
+    """Marginal cost of one decode step: (N steps - 0 steps) / N, harness against bare."""
+    zero = _with(template, workdir / "d0", decode_steps=0)
+    many = _with(template, workdir / "dn", decode_steps=steps)
+    runs: dict[str, list[Measurement]] = {}
+    for _ in range(rounds):
+        for name, argv in (
+            ("h0", harness_command([zero], workdir / "r0")),
+            ("hn", harness_command([many], workdir / "rn")),
+            ("b0", bare_command(zero, "--tokens", "1")),
+            ("bn", bare_command(zero, "--tokens", str(steps + 1))),
+        ):
+            runs.setdefault(name, []).append(measure(argv))
+    m = {k: median_of(v).wall_s for k, v in runs.items()}
+    harness_step = (m["hn"] - m["h0"]) / steps
+    bare_step = (m["bn"] - m["b0"]) / steps
+    return {
+        "decode_steps": float(steps),
+        "harness_step_s": harness_step,
+        "bare_step_s": bare_step,
+        "step_ratio": harness_step / bare_step,
+    }
+
+
+def same_path_suite(template: Path, workdir: Path, rounds: int = 3) -> dict[str, float]:
+    """Extra wall time of each same-path check, in units of one plain capture (the
+    marginal cost of a second copy of the case)."""
+    plain = _with(template, workdir / "p", decode_steps=0)
+    twice = [plain, _with(template, workdir / "p2", decode_steps=0)]
+    twice[1].write_text(twice[1].read_text().replace("id: bench", "id: bench2", 1))
+    state = _with(template, workdir / "s", decode_steps=0, session_state=True)
+    runs: dict[str, list[Measurement]] = {}
+    for _ in range(rounds):
+        for name, argv in (
+            ("plain", harness_command([plain], workdir / "rp")),
+            ("twice", harness_command(twice, workdir / "r2")),
+            ("session_state", harness_command([state], workdir / "rs")),
+        ):
+            runs.setdefault(name, []).append(measure(argv))
+    m = {k: median_of(v).wall_s for k, v in runs.items()}
+    capture = m["twice"] - m["plain"]
+    return {
+        "one_capture_s": capture,
+        "session_state_extra_s": m["session_state"] - m["plain"],
+        "session_state_in_captures": (m["session_state"] - m["plain"]) / capture,
+    }
