@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
+from ..models import model_type_problem
 from ..registry import find_module, is_plain_name
 
 PARTS = ("synth", "addon", "probes")
@@ -44,11 +45,13 @@ def names() -> list[str]:
 
 
 def folder(model_type: str) -> str | None:
-    """The architecture folder serving `model_type`, or None."""
-    if not is_plain_name(model_type):
+    """The architecture folder serving `model_type`, or None. A spelling that is no
+    Python name (mlx-lm's `lfm2-vl`) selects a folder only through an ALIASES entry."""
+    if model_type_problem(model_type):
         return None
-    name = model_type if model_type in names() else aliases().get(model_type)
-    return name
+    if is_plain_name(model_type) and model_type in names():
+        return model_type
+    return aliases().get(model_type)
 
 
 def component(model_type: str, part: str) -> ModuleType | None:

@@ -36,7 +36,11 @@ class PlainTextSession:
         # the mlx-lm text model and tokenizer itself, as `mlx_lm.load` would return them.
         loader = getattr(self.addon, "load_text_model", None)
         if callable(loader):
-            self.model, self.tokenizer = load_quietly(loader, model_dir)
+            # The gate's trust decision reaches the hook as it reaches mlx_lm.load.
+            takes = "tokenizer_config" in inspect.signature(loader).parameters
+            config = {"trust_remote_code": options.trust_remote_code}
+            kwargs = {"tokenizer_config": config} if takes else {}
+            self.model, self.tokenizer = load_quietly(loader, model_dir, **kwargs)
         else:
             self.model, self.tokenizer = self._load(model_dir, options)
         patch = getattr(self.addon, "patch_text_model", None)

@@ -67,6 +67,10 @@ def layer_types(model: Any, layers: Sequence[Any]) -> list[str]:
     own = [getattr(layer, "layer_type", None) for layer in layers]
     if all(isinstance(t, str) and t for t in own):
         return list(own)
+    # Hybrids (LFM2: convolution and attention layers) flag their attention layers.
+    flags = [getattr(layer, "is_attention_layer", None) for layer in layers]
+    if all(isinstance(f, bool) for f in flags) and len(set(flags)) > 1:
+        return ["full_attention" if f else "conv" for f in flags]
     # Gemma 3 keeps neither: its attention modules know whether they slide.
     sliding = [getattr(getattr(layer, "self_attn", None), "is_sliding", None) for layer in layers]
     if all(isinstance(s, bool) for s in sliding) and len(set(sliding)) > 1:
