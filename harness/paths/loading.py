@@ -100,10 +100,32 @@ def load_quietly(loader: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return loader(*args, **kwargs)
 
 
-def session_provenance(path_name: str, model_dir: Path) -> dict[str, str]:
+def apply_library_fixes(model_type: str) -> list[str]:
+    """Apply the fixes an architecture folder declares (`LIBRARY_FIXES`: library bugs that
+    stop a path from running at all, e.g. mlx-vlm's LlavaProcessor under transformers 5);
+    returns their names for the report. Only the project's own folders declare them."""
+    import importlib
+
+    from ..architectures import folder
+
+    name = folder(model_type)
+    if name is None:
+        return []
+    package = importlib.import_module(f"harness.architectures.{name}")
+    fixes = getattr(package, "LIBRARY_FIXES", ())
+    for fix in fixes:
+        fix()
+    return [f"{name}.{fix.__name__}" for fix in fixes]
+
+
+def session_provenance(
+    path_name: str, model_dir: Path, library_fixes: list[str] | None = None
+) -> dict[str, str]:
+    fixes = {"library_fixes": ",".join(library_fixes)} if library_fixes else {}
     return {
         "path": path_name,
         "checkpoint": str(model_dir),
         "checkpoint_hash": provenance.checkpoint_hash(model_dir),
         **{f"version_{k}": v for k, v in provenance.library_versions().items()},
+        **fixes,
     }

@@ -11,6 +11,7 @@ from ..cases import CaseSpec
 from ..records import Capture
 from . import SessionOptions
 from .loading import (
+    apply_library_fixes,
     check_image_placeholders,
     check_vocab,
     load_quietly,
@@ -29,11 +30,12 @@ class NativeSession:
 
         self.model_dir = model_dir
         self.model_type = model_type_of(model_dir)
+        fixes = apply_library_fixes(self.model_type)
         self.model, self.processor = load_quietly(
             mlx_vlm.load, str(model_dir), trust_remote_code=options.trust_remote_code
         )
         check_vocab(getattr(self.processor, "tokenizer", self.processor), model_dir)
-        self.provenance = session_provenance(self.name, model_dir)
+        self.provenance = session_provenance(self.name, model_dir, fixes)
         self.layer_probes = options.layer_probes
 
     def render_prompt(self, case: CaseSpec) -> str:

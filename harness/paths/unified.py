@@ -14,6 +14,7 @@ from ..cases import CaseSpec
 from ..records import Capture
 from . import PathError, SessionOptions
 from .loading import (
+    apply_library_fixes,
     check_image_placeholders,
     check_vocab,
     load_quietly,
@@ -30,6 +31,7 @@ class PlainTextSession:
     def __init__(self, model_dir: Path, options: SessionOptions) -> None:
         self.model_dir = model_dir
         self.model_type = model_type_of(model_dir)
+        fixes = apply_library_fixes(self.model_type)
         self.addon = self._make_addon(model_dir, options)
         # Optional contract hook, for architectures `mlx_lm.load` rejects although mlx-lm
         # has their text model (idefics3/smolvlm, llava_next, internvl): the add-on builds
@@ -48,7 +50,7 @@ class PlainTextSession:
             patch(self.model)
         check_vocab(self.tokenizer, model_dir)
         self.image_token_id = placeholder_token_id_of(model_dir)
-        self.provenance = session_provenance(self.name, model_dir)
+        self.provenance = session_provenance(self.name, model_dir, fixes)
         self.layer_probes = options.layer_probes
 
     def _make_addon(self, model_dir: Path, options: SessionOptions) -> Any:
