@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CASES  ?= cases
 
-.PHONY: parity test lint bench venv clean sweep
+.PHONY: parity test lint bench venv clean sweep record parity-replay drift drift-check
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,10 @@ venv: $(STAMP)
 parity: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m harness run $(CASES)
 
-## The test suite (what .ci/run calls).
+## The test suite (what .ci/run calls): two xdist workers (the machine's two cores), one
+## module per worker at a time (tests/conftest.py groups them).
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(or $(JOBS),2) --dist loadgroup
 
 lint: $(STAMP)
 	$(PY) -m ruff check harness tests
@@ -37,6 +38,42 @@ bench: $(STAMP)
 sweep: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m harness.sweep --n $(or $(N),50) --seed $(or $(SEED),0) \
 		--out $(or $(OUT),reports/sweep)
+
+## Recordings (harness/golden.py): record the cases' reference captures under GOLDEN;
+## replay them against the live candidates (no reference path runs); or run today's
+## reference path against them (what moved, under which versions).
+GOLDEN ?= reference
+record: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m harness record $(CASES) --out $(GOLDEN)
+
+parity-replay: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m harness run $(CASES) --replay --golden-dir $(GOLDEN)
+
+drift: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m harness drift $(CASES) --golden-dir $(GOLDEN)
+
+## A real version move: record DRIFT_CASES under an older released mlx-vlm (OLD_MLX_VLM,
+## in its own venv OLD_VENV), then run them under the pinned one against those recordings.
+## Succeeds when the comparison ran (exit 0 or 1: what moved is printed, not a failure).
+OLD_MLX_VLM ?= 0.7.9
+OLD_VENV    ?= .venv-old
+DRIFT_CASES ?= $(filter-out cases/_%,$(wildcard cases/*.yaml)) cases/gemma3
+DRIFT_OUT   ?= reports/drift-check
+drift-check: $(STAMP)
+	@test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLD_VENV)/bin/python -c "import tomllib; print('\n'.join(d for d in \
+		tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] \
+		if not d.startswith('mlx-vlm')))" > $(OLD_VENV)/requirements.txt
+	$(OLD_VENV)/bin/python -m pip install --quiet -r $(OLD_VENV)/requirements.txt \
+		"mlx-vlm==$(OLD_MLX_VLM)"
+	$(OLD_VENV)/bin/python -m pip install --quiet -e . --no-deps
+	rm -rf $(DRIFT_OUT)/recordings
+	HF_HUB_OFFLINE=1 $(OLD_VENV)/bin/python -m harness record $(DRIFT_CASES) \
+		--out $(DRIFT_OUT)/recordings
+	HF_HUB_OFFLINE=1 $(PY) -m harness drift $(DRIFT_CASES) \
+		--golden-dir $(DRIFT_OUT)/recordings --report-dir $(DRIFT_OUT)/report; \
+		code=$$?; test $$code -eq 0 -o $$code -eq 1
 
 clean:
 	rm -rf reports/latest .pytest_cache

@@ -21,19 +21,42 @@ TEST_MODULES = ("mutants", "crashers", "logit_paths")
 ALLOW_TEST_MODULES = [arg for m in TEST_MODULES for arg in ("--allow-import", m)]
 
 
+# The shipped cases of the architecture at the top of cases/ (Gemma 4). Every other
+# architecture's folder cases/<model_type>/ is run by its own test module with its mutants.
+TOP_LEVEL_CASES = sorted(p for p in CASES.glob("*.yaml") if not p.name.startswith("_"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def synth_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = tmp_path_factory.mktemp("mlx-parity-cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One cache for all xdist workers of the session (builds are atomic renames).
+        cache = tmp_path_factory.getbasetemp().parent / "mlx-parity-cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("mlx-parity-cache")
     os.environ["MLX_PARITY_CACHE"] = str(cache)
     return cache
 
 
 @pytest.fixture(scope="session")
 def shipped_run(synth_cache: Path):
-    """Every shipped case, run once for the whole session."""
+    """The top-level shipped cases, run once for the whole session as `make parity` runs
+    them (a worker process per model group)."""
     from harness.runner import run
 
-    return run([CASES])
+    return run(TOP_LEVEL_CASES)
+
+
+# Modules sharing the session's `shipped_run` go to one xdist worker; every other module
+# is a group of its own, so its module-scoped run happens once (`--dist loadgroup`).
+SHIPPED_RUN_MODULES = {"test_shipped_cases", "test_report_cli", "test_gemma4_families"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__ if item.module else item.nodeid
+        group = "shipped" if module in SHIPPED_RUN_MODULES else module
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def verdict_of(run, case_id: str):

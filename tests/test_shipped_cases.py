@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CASES, verdict_of
+from conftest import CASES, TOP_LEVEL_CASES, verdict_of
 
 from harness.cases import SynthModel, load_cases
 from harness.records import Status
 
-SHIPPED, _ = load_cases([CASES])
+SHIPPED, _ = load_cases(TOP_LEVEL_CASES)
 SYNTHETIC = [c.id for c in SHIPPED if isinstance(c.model, SynthModel)]
 REAL = [c.id for c in SHIPPED if not isinstance(c.model, SynthModel)]
 
