@@ -27,7 +27,8 @@ def test_synthetic_case_is_bit_exact(shipped_run, case_id):
     stages = {c.stage for c in v.checks}
     assert {"input_ids", "embeddings", "logits"} <= stages
     for check in v.checks:
-        assert check.passed and check.required == 0.0, check
+        # Batched generation changes reduction order: its logprob tolerance is measured.
+        assert check.passed and (check.required == 0.0 or check.stage == "batch"), check
 
 
 @pytest.mark.parametrize("case_id", REAL)
