@@ -40,6 +40,9 @@ def test_parquet_has_one_row_per_case_stage_metric(shipped_run, tmp_path):
         "embeddings",
         "attention_mask",
         "logits",
+        "decode.1",
+        "decode.2",
+        "tokens",
     } | {
         f"layer.{i}" for i in range(4)
     }
@@ -159,6 +162,7 @@ def test_notebook_executes_against_a_report(shipped_run, tmp_path, monkeypatch):
 
     outputs = write_reports(shipped_run, tmp_path)
     monkeypatch.setenv("MLX_PARITY_REPORT", str(outputs["parquet"]))
+    monkeypatch.setenv("MLX_PARITY_BASELINE", str(tmp_path))  # diffed against itself
     notebook = nbformat.read(ROOT / "reports" / "parity.ipynb", as_version=4)
     nbclient.NotebookClient(
         notebook,
@@ -174,6 +178,7 @@ def test_notebook_executes_against_a_report(shipped_run, tmp_path, monkeypatch):
         if o.output_type == "stream"
     )
     assert str(outputs["parquet"]) in printed
+    assert "mlx-parity diff: no change" in printed
     assert any(
         o.output_type == "display_data" and "image/png" in o.get("data", {})
         for c in notebook.cells

@@ -174,8 +174,10 @@ def test_markdown_of_a_hostile_run_is_inert():
     assert len(rows) == 1 + 3  # header and one row per case: no line broke
     for row in rows:
         assert len(_unescaped(row, "|")) == 6, row
+    own_tags = re.compile(r"<details><summary>all \d+ cases</summary>|</details>")
     for line in text.splitlines():
-        _assert_inert(line)
+        if not own_tags.fullmatch(line):  # the collapsed table's own tags, no case text
+            _assert_inert(line)
     assert "onerror" in text and "alert" in text  # shown, as text
     assert "`passes`" not in text and "| passes | pass |" in text
 
