@@ -7,21 +7,16 @@ Everything runs through the built-in registries and paths (`synth: gemma3`,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
+import arch_suite
 import pytest
-from conftest import CASES
+from arch_suite import PROFILES, verdict
 
-from harness.cases import load_case, load_cases
-from harness.policy import ImportPolicy
-from harness.records import Status, stage_rank
-from harness.runner import RunOptions, run_cases
 from harness.synth import ensure_checkpoint
 
-GEMMA3_CASES = CASES / "gemma3"
-IMPORTS = ImportPolicy(("gemma3_mutants",))
+ARCH = "gemma3"
 
 # (case, mutant class in tests/gemma3_mutants.py, first diverging stage)
 MUTANTS = [
@@ -33,7 +28,6 @@ MUTANTS = [
     ("gemma3_one_image", "BidirectionalImages", "attention_mask"),
     ("gemma3_split_prefill", "BidirectionalImages", "attention_mask"),
 ]
-PROFILES = ["exact", "image"]
 # Mistakes that only show on some configs: the same add-on passes here.
 CONTROLS = [
     # A top-level hidden_size equal to the text model's: both divisors are sqrt(64).
@@ -44,46 +38,20 @@ CONTROLS = [
 
 
 def _case(name: str):
-    return load_case(GEMMA3_CASES / f"{name}.yaml")
+    return arch_suite.case(ARCH, name)
 
 
 @pytest.fixture(scope="module")
 def gemma3_run():
     """Every shipped Gemma 3 case, every mutant and every control, in one run."""
-    shipped, errors = load_cases([GEMMA3_CASES])
-    assert not errors, errors
-    cases = list(shipped)
-    for name, mutant, _ in MUTANTS:
-        for profile in PROFILES:
-            case = _case(name)
-            cases.append(
-                case.model_copy(
-                    update={
-                        "id": f"{name}--{mutant}--{profile}",
-                        "addon": f"gemma3_mutants:{mutant}",
-                        "profile": profile,
-                    }
-                )
-            )
-    for name, mutant in CONTROLS:
-        case = _case(name)
-        cases.append(
-            case.model_copy(update={"id": f"{name}--{mutant}", "addon": f"gemma3_mutants:{mutant}"})
-        )
     # Native's double <bos> on a text prompt: the unified text path feeds one.
     bos_text = _case("gemma3_text").model_copy(
         update={"id": "gemma3_text--bos", "model": _case("gemma3_bos").model}
     )
-    cases.append(bos_text)
-    return run_cases(cases, options=RunOptions(imports=IMPORTS))
+    return arch_suite.arch_run(ARCH, MUTANTS, CONTROLS, extra=[bos_text])
 
 
-def _verdict(run, case_id: str):
-    (v,) = [v for v in run.verdicts if v.case_id == case_id]
-    return v
-
-
-SHIPPED = sorted(p.stem for p in GEMMA3_CASES.glob("gemma3_*.yaml"))
+SHIPPED = arch_suite.shipped_ids(ARCH)
 
 
 # --- the cases --------------------------------------------------------------------------
@@ -102,61 +70,37 @@ def test_shipped_cases_exist():
 
 @pytest.mark.parametrize("case_id", SHIPPED)
 def test_case_is_bit_exact(gemma3_run, case_id):
-    v = _verdict(gemma3_run, case_id)
-    assert v.status is Status.PASS, v.reason or v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
-    assert all(c.value == 0 for c in v.checks if c.metric.startswith("max_abs")), [
-        (c.stage, c.metric, c.value) for c in v.checks if c.value
-    ]
-    stages = {c.stage for c in v.checks}
-    assert {"input_ids", "embeddings", "attention_mask", "layer.0", "logits"} <= stages
-    # Same prefill schedule on both paths: exact parity holds only for equal schedules.
-    assert v.provenance["reference_prefill_chunks"] == v.provenance["candidate_prefill_chunks"]
+    arch_suite.assert_bit_exact(verdict(gemma3_run, case_id))
 
 
 def test_split_prefill_splits_the_image_span(gemma3_run):
-    v = _verdict(gemma3_run, "gemma3_split_prefill")
-    chunks = [int(n) for n in v.provenance["candidate_prefill_chunks"].split(",")]
-    edges = [sum(chunks[: i + 1]) for i in range(len(chunks) - 1)]
     # The 16 soft tokens of the image sit at prompt positions 7..22.
-    assert any(7 < edge <= 22 for edge in edges), chunks
+    arch_suite.assert_prefill_splits(verdict(gemma3_run, "gemma3_split_prefill"), 7, 22)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize(("case_name", "mutant", "stage"), MUTANTS)
 def test_mutant_fails_at_its_stage(gemma3_run, case_name, mutant, stage, profile):
     # Under the shipped exact profile and under the engine's looser image profile alike.
-    v = _verdict(gemma3_run, f"{case_name}--{mutant}--{profile}")
-    gating_failures = [c for c in v.checks if c.gating and not c.passed]
-    assert v.status is Status.FAIL and gating_failures, v.reason
-    assert v.first_divergence == stage
-    assert v.first_failure == stage
-    failing = {c.stage for c in v.checks if not c.passed}
-    assert all(stage_rank(s) >= stage_rank(stage) for s in failing)
-    passing_before = {c.stage for c in v.checks if stage_rank(c.stage) < stage_rank(stage)}
-    assert "input_ids" in passing_before
+    arch_suite.assert_fails_at(verdict(gemma3_run, f"{case_name}--{mutant}--{profile}"), stage)
 
 
 @pytest.mark.parametrize(("case_name", "mutant"), CONTROLS)
 def test_mistake_invisible_on_this_config(gemma3_run, case_name, mutant):
-    v = _verdict(gemma3_run, f"{case_name}--{mutant}")
-    assert v.status is Status.PASS, v.first_failure_detail
+    v = verdict(gemma3_run, f"{case_name}--{mutant}")
+    arch_suite.assert_control_passes(v, no_difference=False)
 
 
 def test_native_double_bos_on_text_prompts_is_caught_at_input_ids(gemma3_run):
-    v = _verdict(gemma3_run, "gemma3_text--bos")
-    assert v.status is Status.FAIL and v.first_failure == "input_ids"
-    (ids,) = [c for c in v.checks if c.stage == "input_ids"]
-    assert "position 1" in ids.detail and "<bos>" in ids.detail, ids.detail
+    arch_suite.assert_bos_caught(verdict(gemma3_run, "gemma3_text--bos"), position=1)
 
 
 def test_float32_projector_moves_layer_zero_by_a_few_hundredths(gemma3_run):
     # mlx-engine's Gemma 3 bug: small at the embeddings, ~0.06-0.08 after layer 0.
-    v = _verdict(gemma3_run, "gemma3_one_image--Float32Projector--exact")
+    v = verdict(gemma3_run, "gemma3_one_image--Float32Projector--exact")
     (emb,) = [c for c in v.checks if c.stage == "embeddings" and c.metric.startswith("max_abs")]
-    (layer0,) = [c for c in v.checks if c.stage == "layer.0" and c.metric == "max_abs_diff"]
     assert 0 < emb.value < 0.05
-    assert 0.01 < layer0.value < 0.5
+    assert 0.01 < arch_suite.check(v, "layer.0").value < 0.5
 
 
 def test_case_descriptions_state_the_image_attention_policy():
@@ -168,19 +112,7 @@ def test_case_descriptions_state_the_image_attention_policy():
 
 
 def test_same_spec_same_bytes(tmp_path):
-    from harness.architectures.gemma3 import synth
-
-    spec = synth.Spec(quantize_bits=4, hidden_size=48)
-    digests = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        out.mkdir()
-        synth.build(spec, out)
-        digests.append(
-            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
-        )
-    assert digests[0] == digests[1]
-    assert "model.safetensors" in digests[0]
+    arch_suite.assert_same_spec_same_bytes(ARCH, tmp_path, quantize_bits=4, hidden_size=48)
 
 
 def test_config_writes_every_value_whose_default_differs():
@@ -245,10 +177,4 @@ def test_published_layout_leaves_out_the_top_level_hidden_size():
     ],
 )
 def test_invalid_options_are_refused_naming_the_option(options, field):
-    from pydantic import ValidationError
-
-    from harness.architectures.gemma3 import synth
-
-    with pytest.raises(ValidationError) as info:
-        synth.Spec.model_validate(options)
-    assert info.value.errors()[0]["loc"] == (field,)
+    arch_suite.assert_option_refused(ARCH, options, field)

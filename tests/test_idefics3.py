@@ -7,21 +7,17 @@ its mistake enters. Everything runs through the built-in registries and paths
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 
+import arch_suite
 import pytest
-from conftest import CASES
+from arch_suite import PROFILES, check, verdict
 
-from harness.cases import load_case, load_cases
-from harness.policy import ImportPolicy
-from harness.records import Status, stage_rank
-from harness.runner import RunOptions, run_cases
+from harness.records import Status
 from harness.synth import ensure_checkpoint
 
-IDEFICS3_CASES = CASES / "idefics3"
-IMPORTS = ImportPolicy(("idefics3_mutants",))
+ARCH = "idefics3"
 
 # (case, mutant class in tests/idefics3_mutants.py, first diverging stage, first failing
 # stage under the image profile, whose per-layer checks do not gate)
@@ -32,7 +28,6 @@ MUTANTS = [
     ("idefics3_two_images", "GlobalImageFirst", "embeddings", "embeddings"),
     ("idefics3_text", "DefaultRopeTheta", "layer.0", "logits"),
 ]
-PROFILES = ["exact", "image"]
 # Mistakes that only show on some configs: the same add-on passes here.
 CONTROLS = [
     # Scale factor 2: one factor-2 shuffle is the shuffle.
@@ -45,42 +40,17 @@ FLOAT32_FEATURES = "idefics3_one_image--Float32Features"
 
 
 def _case(name: str):
-    return load_case(IDEFICS3_CASES / f"{name}.yaml")
+    return arch_suite.case(ARCH, name)
 
 
 @pytest.fixture(scope="module")
 def idefics3_run():
     """Every shipped Idefics3 case, every mutant and every control, in one run."""
-    shipped, errors = load_cases([IDEFICS3_CASES])
-    assert not errors, errors
-    cases = list(shipped)
-    mutants = [*((n, m) for n, m, *_ in MUTANTS), ("idefics3_one_image", "Float32Features")]
-    for name, mutant in mutants:
-        for profile in PROFILES:
-            cases.append(
-                _case(name).model_copy(
-                    update={
-                        "id": f"{name}--{mutant}--{profile}",
-                        "addon": f"idefics3_mutants:{mutant}",
-                        "profile": profile,
-                    }
-                )
-            )
-    for name, mutant in CONTROLS:
-        cases.append(
-            _case(name).model_copy(
-                update={"id": f"{name}--{mutant}", "addon": f"idefics3_mutants:{mutant}"}
-            )
-        )
-    return run_cases(cases, options=RunOptions(imports=IMPORTS))
+    mutants = [*MUTANTS, ("idefics3_one_image", "Float32Features")]
+    return arch_suite.arch_run(ARCH, mutants, CONTROLS)
 
 
-def _verdict(run, case_id: str):
-    (v,) = [v for v in run.verdicts if v.case_id == case_id]
-    return v
-
-
-SHIPPED = sorted(p.stem for p in IDEFICS3_CASES.glob("idefics3_*.yaml"))
+SHIPPED = arch_suite.shipped_ids(ARCH)
 
 
 # --- the text model: mlx_lm.load cannot, load_text_model does ----------------------------
@@ -184,44 +154,27 @@ def test_shipped_cases_exist():
 
 @pytest.mark.parametrize("case_id", SHIPPED)
 def test_case_is_bit_exact(idefics3_run, case_id):
-    v = _verdict(idefics3_run, case_id)
-    assert v.status is Status.PASS, v.reason or v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
-    assert all(c.value == 0 for c in v.checks if c.metric.startswith("max_abs")), [
-        (c.stage, c.metric, c.value) for c in v.checks if c.value
-    ]
-    stages = {c.stage for c in v.checks}
-    assert {"input_ids", "embeddings", "attention_mask", "layer.0", "logits"} <= stages
-    assert v.provenance["reference_prefill_chunks"] == v.provenance["candidate_prefill_chunks"]
+    arch_suite.assert_bit_exact(verdict(idefics3_run, case_id))
 
 
 def test_split_prefill_splits_the_image_span(idefics3_run):
-    v = _verdict(idefics3_run, "idefics3_split_prefill")
-    chunks = [int(n) for n in v.provenance["candidate_prefill_chunks"].split(",")]
-    edges = [sum(chunks[: i + 1]) for i in range(len(chunks) - 1)]
+    v = verdict(idefics3_run, "idefics3_split_prefill")
     # The image span (4 tiles and the global image) sits at prompt positions 4..37; the
     # first tile's image tokens at 6..9.
-    assert sum(4 < edge <= 37 for edge in edges) >= 3, chunks
-    assert any(6 < edge <= 9 for edge in edges), chunks
+    arch_suite.assert_prefill_splits(v, 4, 37, at_least=3)
+    arch_suite.assert_prefill_splits(v, 6, 9)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize(("case_name", "mutant", "stage", "image_failure"), MUTANTS)
 def test_mutant_fails_at_its_stage(idefics3_run, case_name, mutant, stage, image_failure, profile):
-    v = _verdict(idefics3_run, f"{case_name}--{mutant}--{profile}")
-    gating_failures = [c for c in v.checks if c.gating and not c.passed]
-    assert v.status is Status.FAIL and gating_failures, v.reason
-    assert v.first_divergence == stage
-    assert v.first_failure == (stage if profile == "exact" else image_failure)
-    failing = {c.stage for c in v.checks if not c.passed}
-    assert all(stage_rank(s) >= stage_rank(stage) for s in failing)
-    passing_before = {c.stage for c in v.checks if stage_rank(c.stage) < stage_rank(stage)}
-    assert "input_ids" in passing_before
+    v = verdict(idefics3_run, f"{case_name}--{mutant}--{profile}")
+    arch_suite.assert_fails_at(v, stage, stage if profile == "exact" else image_failure)
 
 
 def test_default_rope_theta_moves_the_first_token(idefics3_run):
     # The text model's own mistake: no image involved, top-1 changes on a text prompt.
-    v = _verdict(idefics3_run, "idefics3_text--DefaultRopeTheta--image")
+    v = verdict(idefics3_run, "idefics3_text--DefaultRopeTheta--image")
     failed = {c.metric for c in v.checks if c.stage == "logits" and not c.passed}
     assert {"kl_ref_test", "top5_ids_order_mismatch"} <= failed
 
@@ -230,41 +183,25 @@ def test_float32_features_fail_exact_and_sit_within_the_image_profile(idefics3_r
     """Image rows handed over unrounded in float32 (and a float32 decoder): under half a
     bf16 ulp at the embeddings, KL ~1e-4 at the first token: the image profile accepts
     it as noise (within the embeddings' noise envelope), exact does not."""
-    exact = _verdict(idefics3_run, f"{FLOAT32_FEATURES}--exact")
+    exact = verdict(idefics3_run, f"{FLOAT32_FEATURES}--exact")
     assert exact.status is Status.FAIL
     assert exact.first_divergence == exact.first_failure == "embeddings"
-    image = _verdict(idefics3_run, f"{FLOAT32_FEATURES}--image")
+    image = verdict(idefics3_run, f"{FLOAT32_FEATURES}--image")
     assert image.status is Status.PASS, image.first_failure_detail
-    (ulps,) = [c for c in image.checks if c.stage == "embeddings" and c.metric == "max_ulp_diff"]
-    assert 0 < ulps.value <= 0.5
-    (kl,) = [c for c in image.checks if c.stage == "logits" and c.metric == "kl_ref_test"]
-    assert 0 < kl.value < 1e-3
+    assert 0 < check(image, "embeddings", "max_ulp_diff").value <= 0.5
+    assert 0 < check(image, "logits", "kl_ref_test").value < 1e-3
 
 
 @pytest.mark.parametrize(("case_name", "mutant"), CONTROLS)
 def test_mistake_invisible_on_this_config(idefics3_run, case_name, mutant):
-    v = _verdict(idefics3_run, f"{case_name}--{mutant}")
-    assert v.status is Status.PASS, v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
+    arch_suite.assert_control_passes(verdict(idefics3_run, f"{case_name}--{mutant}"))
 
 
 # --- the synthesizer --------------------------------------------------------------------
 
 
 def test_same_spec_same_bytes(tmp_path):
-    from harness.architectures.idefics3 import synth
-
-    spec = synth.Spec(quantize_bits=4, split_factor=3)
-    digests = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        out.mkdir()
-        synth.build(spec, out)
-        digests.append(
-            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
-        )
-    assert digests[0] == digests[1]
-    assert "model.safetensors" in digests[0]
+    arch_suite.assert_same_spec_same_bytes(ARCH, tmp_path, quantize_bits=4, split_factor=3)
 
 
 def test_config_writes_every_value_whose_default_differs():
@@ -319,10 +256,4 @@ def test_config_writes_every_value_whose_default_differs():
     ],
 )
 def test_invalid_options_are_refused_naming_the_option(options, field):
-    from pydantic import ValidationError
-
-    from harness.architectures.idefics3 import synth
-
-    with pytest.raises(ValidationError) as info:
-        synth.Spec.model_validate(options)
-    assert info.value.errors()[0]["loc"] == (field,)
+    arch_suite.assert_option_refused(ARCH, options, field)

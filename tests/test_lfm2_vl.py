@@ -7,22 +7,16 @@ enters. Everything runs through the built-in registries and paths (`synth: lfm2_
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Any
 
+import arch_suite
 import pytest
-from conftest import CASES
+from arch_suite import PROFILES, check, verdict
 
-from harness.cases import load_case, load_cases
-from harness.policy import ImportPolicy
-from harness.records import Status, stage_rank
-from harness.runner import RunOptions, run_cases
 from harness.synth import ensure_checkpoint
 
-LFM2_VL_CASES = CASES / "lfm2_vl"
-IMPORTS = ImportPolicy(("lfm2_vl_mutants",))
-PROFILES = ["exact", "image"]
+ARCH = "lfm2_vl"
 
 # (case, mutant class in tests/lfm2_vl_mutants.py, first diverging stage)
 MUTANTS = [
@@ -42,41 +36,16 @@ CONTROLS = [
 
 
 def _case(name: str):
-    return load_case(LFM2_VL_CASES / f"{name}.yaml")
+    return arch_suite.case(ARCH, name)
 
 
 @pytest.fixture(scope="module")
 def lfm2_vl_run():
     """Every shipped LFM2-VL case, every mutant and every control, in one run."""
-    shipped, errors = load_cases([LFM2_VL_CASES])
-    assert not errors, errors
-    cases = list(shipped)
-    for name, mutant, _ in MUTANTS:
-        for profile in PROFILES:
-            cases.append(
-                _case(name).model_copy(
-                    update={
-                        "id": f"{name}--{mutant}--{profile}",
-                        "addon": f"lfm2_vl_mutants:{mutant}",
-                        "profile": profile,
-                    }
-                )
-            )
-    for name, mutant in CONTROLS:
-        cases.append(
-            _case(name).model_copy(
-                update={"id": f"{name}--{mutant}", "addon": f"lfm2_vl_mutants:{mutant}"}
-            )
-        )
-    return run_cases(cases, options=RunOptions(imports=IMPORTS))
+    return arch_suite.arch_run(ARCH, MUTANTS, CONTROLS)
 
 
-def _verdict(run, case_id: str):
-    (v,) = [v for v in run.verdicts if v.case_id == case_id]
-    return v
-
-
-SHIPPED = sorted(p.stem for p in LFM2_VL_CASES.glob("lfm2_vl_*.yaml"))
+SHIPPED = arch_suite.shipped_ids(ARCH)
 
 
 # --- the cases --------------------------------------------------------------------------
@@ -95,19 +64,11 @@ def test_shipped_cases_exist():
 
 @pytest.mark.parametrize("case_id", SHIPPED)
 def test_case_is_bit_exact(lfm2_vl_run, case_id):
-    v = _verdict(lfm2_vl_run, case_id)
-    assert v.status is Status.PASS, v.reason or v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
-    assert all(c.value == 0 for c in v.checks if c.metric.startswith("max_abs")), [
-        (c.stage, c.metric, c.value) for c in v.checks if c.value
-    ]
-    stages = {c.stage for c in v.checks}
-    assert {"input_ids", "embeddings", "attention_mask", "layer.0", "layer.3", "logits"} <= stages
+    v = verdict(lfm2_vl_run, case_id)
+    arch_suite.assert_bit_exact(v, stages={"layer.3"})
     # Both layer types were tapped: the conv layers' mask (None) and the attention layers',
     # also without layer_types in the config (the layers' is_attention_layer flags).
     assert v.provenance["attention_mask_types"] == "conv,full_attention"
-    # Same prefill schedule on both paths: exact parity holds only for equal schedules.
-    assert v.provenance["reference_prefill_chunks"] == v.provenance["candidate_prefill_chunks"]
 
 
 def _image_prompt_ids(case_name: str) -> tuple[list[int], int, Any]:
@@ -138,69 +99,46 @@ def test_split_prefill_splits_the_tiled_image_span(lfm2_vl_run):
     ]
     positions = [i for i, t in enumerate(ids) if t == image_token]
     assert len(positions) == 36
-    v = _verdict(lfm2_vl_run, "lfm2_vl_split_prefill")
-    chunks = [int(n) for n in v.provenance["candidate_prefill_chunks"].split(",")]
+    v = verdict(lfm2_vl_run, "lfm2_vl_split_prefill")
+    chunks = arch_suite.prefill_chunks(v)
     assert sum(chunks) == len(ids)
-    edges = [sum(chunks[: i + 1]) for i in range(len(chunks) - 1)]
-    assert sum(positions[0] < edge <= positions[-1] for edge in edges) >= 2, (chunks, positions)
+    arch_suite.assert_prefill_splits(v, positions[0], positions[-1], at_least=2)
 
 
 def test_conv_state_case_runs_one_row_per_call(lfm2_vl_run):
-    v = _verdict(lfm2_vl_run, "lfm2_vl_conv_state_tiny_chunks")
-    chunks = v.provenance["candidate_prefill_chunks"].split(",")
-    assert len(chunks) > 30 and set(chunks) == {"1"}
+    v = verdict(lfm2_vl_run, "lfm2_vl_conv_state_tiny_chunks")
+    chunks = arch_suite.prefill_chunks(v)
+    assert len(chunks) > 30 and set(chunks) == {1}
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize(("case_name", "mutant", "stage"), MUTANTS)
 def test_mutant_fails_at_its_stage(lfm2_vl_run, case_name, mutant, stage, profile):
-    v = _verdict(lfm2_vl_run, f"{case_name}--{mutant}--{profile}")
-    gating_failures = [c for c in v.checks if c.gating and not c.passed]
-    assert v.status is Status.FAIL and gating_failures, v.reason
-    assert v.first_divergence == stage
+    v = verdict(lfm2_vl_run, f"{case_name}--{mutant}--{profile}")
     # The image profile does not gate on layer outputs: a mistake entering there fails
     # the case at the logits.
     gated = stage if profile == "exact" or not stage.startswith("layer.") else "logits"
-    assert v.first_failure == gated
-    failing = {c.stage for c in v.checks if not c.passed}
-    assert all(stage_rank(s) >= stage_rank(stage) for s in failing)
-    passing_before = {c.stage for c in v.checks if stage_rank(c.stage) < stage_rank(stage)}
-    assert "input_ids" in passing_before
+    arch_suite.assert_fails_at(v, stage, gated)
 
 
 @pytest.mark.parametrize(("case_name", "mutant"), CONTROLS)
 def test_mistake_invisible_on_this_config(lfm2_vl_run, case_name, mutant):
-    v = _verdict(lfm2_vl_run, f"{case_name}--{mutant}")
-    assert v.status is Status.PASS, v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
+    arch_suite.assert_control_passes(verdict(lfm2_vl_run, f"{case_name}--{mutant}"))
 
 
 def test_dropped_conv_state_enters_after_the_first_chunk_edge(lfm2_vl_run):
     # Layer 0 is a convolution: rows of the first 16-token chunk are right, later ones not.
-    v = _verdict(lfm2_vl_run, "lfm2_vl_split_prefill--ConvStateDropped--exact")
-    (emb,) = [c for c in v.checks if c.stage == "embeddings"]
+    v = verdict(lfm2_vl_run, "lfm2_vl_split_prefill--ConvStateDropped--exact")
+    emb = check(v, "embeddings", None)
     assert emb.passed and emb.value == 0
-    (layer0,) = [c for c in v.checks if c.stage == "layer.0" and c.metric == "max_abs_diff"]
-    assert layer0.value > 0
+    assert check(v, "layer.0").value > 0
 
 
 # --- the synthesizer --------------------------------------------------------------------
 
 
 def test_same_spec_same_bytes(tmp_path):
-    from harness.architectures.lfm2_vl import synth
-
-    spec = synth.Spec(quantize_bits=4)
-    digests = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        out.mkdir()
-        synth.build(spec, out)
-        digests.append(
-            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
-        )
-    assert digests[0] == digests[1]
-    assert "model.safetensors" in digests[0]
+    arch_suite.assert_same_spec_same_bytes(ARCH, tmp_path, quantize_bits=4)
 
 
 def test_config_writes_every_value_whose_default_differs():
@@ -273,10 +211,4 @@ def test_quantized_checkpoint_keeps_vision_in_full_precision():
     ],
 )
 def test_invalid_options_are_refused_naming_the_option(options, field):
-    from pydantic import ValidationError
-
-    from harness.architectures.lfm2_vl import synth
-
-    with pytest.raises(ValidationError) as info:
-        synth.Spec.model_validate(options)
-    assert info.value.errors()[0]["loc"] == (field,)
+    arch_suite.assert_option_refused(ARCH, options, field)

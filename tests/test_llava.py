@@ -9,23 +9,19 @@ mlx-vlm vs unified), as `make parity` runs the cases."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import sys
 
+import arch_suite
 import numpy as np
 import pytest
-from conftest import CASES
+from arch_suite import PROFILES, verdict
 
-from harness.cases import load_case, load_cases
-from harness.policy import ImportPolicy
-from harness.records import Status, stage_rank
-from harness.runner import RunOptions, run_cases
+from harness.records import Status
 from harness.synth import ensure_checkpoint
 
-LLAVA_CASES = CASES / "llava"
-IMPORTS = ImportPolicy(("llava_mutants",))
+ARCH = "llava"
 
 # (case, mutant class in tests/llava_mutants.py, first diverging stage)
 MUTANTS = [
@@ -34,7 +30,6 @@ MUTANTS = [
     ("llava_one_image", "EveryCheckpointFull", "input_ids"),
     ("llava_one_image", "Bfloat16Tower", "embeddings"),
 ]
-PROFILES = ["exact", "image"]
 # Float32 image rows differ from native's bf16-rounded ones by under one bf16 ulp: the
 # exact profile fails them at the embeddings, the image profile (one ulp) cannot.
 EXACT_ONLY = [("llava_one_image", "Float32Features", "embeddings")]
@@ -49,51 +44,24 @@ CONTROLS = [
 
 
 def _case(name: str):
-    return load_case(LLAVA_CASES / f"{name}.yaml")
+    return arch_suite.case(ARCH, name)
 
 
 @pytest.fixture(scope="module")
 def llava_run():
     """Every shipped LLaVA case, every mutant and every control, in one run."""
-    shipped, errors = load_cases([LLAVA_CASES])
-    assert not errors, errors
-    cases = list(shipped)
-    for name, mutant, _ in MUTANTS + EXACT_ONLY:
-        for profile in PROFILES:
-            cases.append(
-                _case(name).model_copy(
-                    update={
-                        "id": f"{name}--{mutant}--{profile}",
-                        "addon": f"llava_mutants:{mutant}",
-                        "profile": profile,
-                    }
-                )
-            )
-    for name, mutant in CONTROLS:
-        cases.append(
-            _case(name).model_copy(
-                update={"id": f"{name}--{mutant}", "addon": f"llava_mutants:{mutant}"}
-            )
-        )
     # The published BOS policy on a text prompt: native one <bos>, unified none.
-    cases.append(
-        _case("llava_text").model_copy(
-            update={"id": "llava_text--bos", "model": _case("llava_4bit").model}
-        )
+    bos_text = _case("llava_text").model_copy(
+        update={"id": "llava_text--bos", "model": _case("llava_4bit").model}
     )
-    return run_cases(cases, options=RunOptions(imports=IMPORTS))
-
-
-def _verdict(run, case_id: str):
-    (v,) = [v for v in run.verdicts if v.case_id == case_id]
-    return v
+    return arch_suite.arch_run(ARCH, MUTANTS + EXACT_ONLY, CONTROLS, extra=[bos_text])
 
 
 def _prompt_length(v) -> int:
-    return sum(int(n) for n in v.provenance["candidate_prefill_chunks"].split(","))
+    return sum(arch_suite.prefill_chunks(v))
 
 
-SHIPPED = sorted(p.stem for p in LLAVA_CASES.glob("llava_*.yaml"))
+SHIPPED = arch_suite.shipped_ids(ARCH)
 
 
 # --- the cases --------------------------------------------------------------------------
@@ -113,90 +81,63 @@ def test_shipped_cases_exist():
 
 @pytest.mark.parametrize("case_id", SHIPPED)
 def test_case_is_bit_exact(llava_run, case_id):
-    v = _verdict(llava_run, case_id)
-    assert v.status is Status.PASS, v.reason or v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
-    assert all(c.value == 0 for c in v.checks if c.metric.startswith("max_abs")), [
-        (c.stage, c.metric, c.value) for c in v.checks if c.value
-    ]
-    stages = {c.stage for c in v.checks}
-    assert {"input_ids", "embeddings", "attention_mask", "layer.0", "logits"} <= stages
-    # Same prefill schedule on both paths: exact parity holds only for equal schedules.
-    assert v.provenance["reference_prefill_chunks"] == v.provenance["candidate_prefill_chunks"]
+    arch_suite.assert_bit_exact(verdict(llava_run, case_id))
 
 
 def test_placeholder_expansion_follows_the_strategy(llava_run):
     # The same prompt; "<image>" (1 token) becomes 16 patch tokens under `default`, 17
     # (CLS too) under `full`: the captured prompts differ by exactly that one row.
-    default = _verdict(llava_run, "llava_one_image")
-    full = _verdict(llava_run, "llava_full_strategy_last_layer")
+    default = verdict(llava_run, "llava_one_image")
+    full = verdict(llava_run, "llava_full_strategy_last_layer")
     assert _prompt_length(full) - _prompt_length(default) == 1
     (grid,) = default.image_token_errors
     assert grid.size == 16  # one error cell per image token: 4 x 4 patches
 
 
 def test_split_prefill_splits_the_image_span(llava_run):
-    v = _verdict(llava_run, "llava_split_prefill")
-    chunks = [int(n) for n in v.provenance["candidate_prefill_chunks"].split(",")]
-    edges = [sum(chunks[: i + 1]) for i in range(len(chunks) - 1)]
     # The 16 image tokens sit at prompt positions 6..21.
-    assert any(6 < edge <= 21 for edge in edges), chunks
+    arch_suite.assert_prefill_splits(verdict(llava_run, "llava_split_prefill"), 6, 21)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize(("case_name", "mutant", "stage"), MUTANTS)
 def test_mutant_fails_at_its_stage(llava_run, case_name, mutant, stage, profile):
     # Under the shipped exact profile and under the engine's looser image profile alike.
-    v = _verdict(llava_run, f"{case_name}--{mutant}--{profile}")
-    gating_failures = [c for c in v.checks if c.gating and not c.passed]
-    assert v.status is Status.FAIL and gating_failures, v.reason
-    assert v.first_divergence == stage
-    assert v.first_failure == stage
-    failing = {c.stage for c in v.checks if not c.passed}
-    assert all(stage_rank(s) >= stage_rank(stage) for s in failing)
-    if stage != "input_ids":
-        passing_before = {c.stage for c in v.checks if stage_rank(c.stage) < stage_rank(stage)}
-        assert "input_ids" in passing_before
+    arch_suite.assert_fails_at(verdict(llava_run, f"{case_name}--{mutant}--{profile}"), stage)
 
 
 @pytest.mark.parametrize(("case_name", "mutant", "stage"), EXACT_ONLY)
 def test_float32_features_fail_exact_and_hide_within_one_ulp(llava_run, case_name, mutant, stage):
-    exact = _verdict(llava_run, f"{case_name}--{mutant}--exact")
+    exact = verdict(llava_run, f"{case_name}--{mutant}--exact")
     assert exact.status is Status.FAIL
     assert exact.first_divergence == exact.first_failure == stage
-    (emb,) = [c for c in exact.checks if c.stage == stage and c.metric == "max_abs_diff"]
-    assert 0 < emb.value < 0.01  # measured 0.0019: bf16 rounding of the image rows
+    # Measured 0.0019: bf16 rounding of the image rows.
+    assert 0 < arch_suite.check(exact, stage).value < 0.01
     # The engine's image profile tolerates one ulp at the embeddings: the mistake passes,
     # still reported as the first difference; later drift stays within its noise envelope.
-    image = _verdict(llava_run, f"{case_name}--{mutant}--image")
+    image = verdict(llava_run, f"{case_name}--{mutant}--image")
     assert image.status is Status.PASS, image.first_failure_detail
     assert image.first_difference == stage
-    (ulps,) = [c for c in image.checks if c.stage == stage and c.metric == "max_ulp_diff"]
-    assert 0 < ulps.value <= 0.5
+    assert 0 < arch_suite.check(image, stage, "max_ulp_diff").value <= 0.5
     assert "noise envelope" in image.envelope_note
 
 
 @pytest.mark.parametrize(("case_name", "mutant"), CONTROLS)
 def test_mistake_invisible_on_this_config(llava_run, case_name, mutant):
-    v = _verdict(llava_run, f"{case_name}--{mutant}")
-    assert v.status is Status.PASS, v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
+    arch_suite.assert_control_passes(verdict(llava_run, f"{case_name}--{mutant}"))
 
 
 def test_wrong_feature_rows_touch_only_image_rows(llava_run):
     # Text rows are looked up from the same table: only the image tokens' cells differ,
     # and a one-row shift or a wrong layer moves every one of them.
     for mutant in ("LastRowDropped", "LastLayerFeatures"):
-        v = _verdict(llava_run, f"llava_one_image--{mutant}--exact")
+        v = verdict(llava_run, f"llava_one_image--{mutant}--exact")
         (grid,) = v.image_token_errors
         assert (grid > 0).all(), (mutant, grid)
 
 
 def test_published_bos_policy_on_text_prompts_is_caught_at_input_ids(llava_run):
-    v = _verdict(llava_run, "llava_text--bos")
-    assert v.status is Status.FAIL and v.first_failure == "input_ids"
-    (ids,) = [c for c in v.checks if c.stage == "input_ids"]
-    assert "position 0" in ids.detail and "<bos>" in ids.detail, ids.detail
+    arch_suite.assert_bos_caught(verdict(llava_run, "llava_text--bos"), position=0)
 
 
 # --- the processor workaround -------------------------------------------------------------
@@ -262,7 +203,7 @@ def test_fix_routes_only_tokenizer_keywords(tmp_path, monkeypatch):
 
 
 def test_reports_name_the_library_fix(llava_run):
-    v = _verdict(llava_run, "llava_one_image")
+    v = verdict(llava_run, "llava_one_image")
     assert v.provenance["library_fixes"] == "llava.fix_llava_processor"
 
 
@@ -270,19 +211,9 @@ def test_reports_name_the_library_fix(llava_run):
 
 
 def test_same_spec_same_bytes(tmp_path):
-    from harness.architectures.llava import synth
-
-    spec = synth.Spec(quantize_bits=4, vision_feature_select_strategy="full")
-    digests = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        out.mkdir()
-        synth.build(spec, out)
-        digests.append(
-            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
-        )
-    assert digests[0] == digests[1]
-    assert "model.safetensors" in digests[0]
+    arch_suite.assert_same_spec_same_bytes(
+        ARCH, tmp_path, quantize_bits=4, vision_feature_select_strategy="full"
+    )
 
 
 def test_config_writes_every_value_whose_default_differs():
@@ -355,10 +286,4 @@ def test_config_writes_every_value_whose_default_differs():
     ],
 )
 def test_invalid_options_are_refused_naming_the_option(options, field):
-    from pydantic import ValidationError
-
-    from harness.architectures.llava import synth
-
-    with pytest.raises(ValidationError) as info:
-        synth.Spec.model_validate(options)
-    assert info.value.errors()[0]["loc"] == (field,)
+    arch_suite.assert_option_refused(ARCH, options, field)

@@ -6,21 +6,17 @@ enters. Everything runs through the built-in registries and paths (`synth: mistr
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 
+import arch_suite
 import pytest
-from conftest import CASES
+from arch_suite import PROFILES, verdict
 
-from harness.cases import load_case, load_cases
-from harness.policy import ImportPolicy
-from harness.records import Status, stage_rank
-from harness.runner import RunOptions, run_cases
+from harness.records import Status
 from harness.synth import ensure_checkpoint
 
-MISTRAL3_CASES = CASES / "mistral3"
-IMPORTS = ImportPolicy(("mistral3_mutants",))
+ARCH = "mistral3"
 
 # (case, mutant class in tests/mistral3_mutants.py, first diverging stage)
 MUTANTS = [
@@ -29,7 +25,6 @@ MUTANTS = [
     ("mistral3_one_image", "ProjectorNormSkipped", "embeddings"),
     ("mistral3_bos", "SingleBos", "input_ids"),
 ]
-PROFILES = ["exact", "image"]
 # Mistakes that only show on some configs: the same add-on passes here.
 CONTROLS = [
     # float32 features on a float32 checkpoint are the checkpoint's dtype.
@@ -42,50 +37,21 @@ ONE_ROW_IMAGE = "images/wide_strip_256x48.png"  # fitted into 64x16 px: one row 
 
 def _case(name: str):
     if name == "mistral3_one_row":
-        base = _case("mistral3_one_image")
-        content = [{"type": "image", "image": ONE_ROW_IMAGE}, {"type": "text", "text": "Hello"}]
-        messages = [{"role": "user", "content": content}]
-        return type(base).model_validate({**base.model_dump(), "id": name, "messages": messages})
-    return load_case(MISTRAL3_CASES / f"{name}.yaml")
+        return arch_suite.with_image_prompt(_case("mistral3_one_image"), name, ONE_ROW_IMAGE)
+    return arch_suite.case(ARCH, name)
 
 
 @pytest.fixture(scope="module")
 def mistral3_run():
     """Every shipped Mistral 3 case, every mutant and every control, in one run."""
-    shipped, errors = load_cases([MISTRAL3_CASES])
-    assert not errors, errors
-    cases = list(shipped)
-    for name, mutant, _ in MUTANTS:
-        for profile in PROFILES:
-            cases.append(
-                _case(name).model_copy(
-                    update={
-                        "id": f"{name}--{mutant}--{profile}",
-                        "addon": f"mistral3_mutants:{mutant}",
-                        "profile": profile,
-                    }
-                )
-            )
-    for name, mutant in CONTROLS:
-        cases.append(
-            _case(name).model_copy(
-                update={"id": f"{name}--{mutant}", "addon": f"mistral3_mutants:{mutant}"}
-            )
-        )
     # Native's double <bos> on a text prompt: the unified text path feeds the template's one.
     bos_text = _case("mistral3_text").model_copy(
         update={"id": "mistral3_text--bos", "model": _case("mistral3_bos").model}
     )
-    cases.append(bos_text)
-    return run_cases(cases, options=RunOptions(imports=IMPORTS))
+    return arch_suite.arch_run(ARCH, MUTANTS, CONTROLS, extra=[bos_text], load=_case)
 
 
-def _verdict(run, case_id: str):
-    (v,) = [v for v in run.verdicts if v.case_id == case_id]
-    return v
-
-
-SHIPPED = sorted(p.stem for p in MISTRAL3_CASES.glob("mistral3_*.yaml"))
+SHIPPED = arch_suite.shipped_ids(ARCH)
 
 
 # --- the cases --------------------------------------------------------------------------
@@ -105,54 +71,29 @@ def test_shipped_cases_exist():
 
 @pytest.mark.parametrize("case_id", SHIPPED)
 def test_case_is_bit_exact(mistral3_run, case_id):
-    v = _verdict(mistral3_run, case_id)
-    assert v.status is Status.PASS, v.reason or v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
-    assert all(c.value == 0 for c in v.checks if c.metric.startswith("max_abs")), [
-        (c.stage, c.metric, c.value) for c in v.checks if c.value
-    ]
-    stages = {c.stage for c in v.checks}
-    assert {"input_ids", "embeddings", "attention_mask", "layer.0", "logits"} <= stages
-    # Same prefill schedule on both paths: exact parity holds only for equal schedules.
-    assert v.provenance["reference_prefill_chunks"] == v.provenance["candidate_prefill_chunks"]
+    arch_suite.assert_bit_exact(verdict(mistral3_run, case_id))
 
 
 def test_split_prefill_splits_the_image_span(mistral3_run):
-    v = _verdict(mistral3_run, "mistral3_split_prefill")
-    chunks = [int(n) for n in v.provenance["candidate_prefill_chunks"].split(",")]
-    edges = [sum(chunks[: i + 1]) for i in range(len(chunks) - 1)]
     # [IMG] / [IMG_BREAK] / [IMG_END] of the 4x4-token image sit at prompt positions 2..21.
-    assert any(2 < edge <= 21 for edge in edges), chunks
+    arch_suite.assert_prefill_splits(verdict(mistral3_run, "mistral3_split_prefill"), 2, 21)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize(("case_name", "mutant", "stage"), MUTANTS)
 def test_mutant_fails_at_its_stage(mistral3_run, case_name, mutant, stage, profile):
     # Under the shipped exact profile and under the engine's looser image profile alike.
-    v = _verdict(mistral3_run, f"{case_name}--{mutant}--{profile}")
-    gating_failures = [c for c in v.checks if c.gating and not c.passed]
-    assert v.status is Status.FAIL and gating_failures, v.reason
-    assert v.first_divergence == stage
-    assert v.first_failure == stage
-    failing = {c.stage for c in v.checks if not c.passed}
-    assert all(stage_rank(s) >= stage_rank(stage) for s in failing)
-    if stage != "input_ids":
-        passing_before = {c.stage for c in v.checks if stage_rank(c.stage) < stage_rank(stage)}
-        assert "input_ids" in passing_before
+    v = verdict(mistral3_run, f"{case_name}--{mutant}--{profile}")
+    arch_suite.assert_fails_at(v, stage)
 
 
 @pytest.mark.parametrize(("case_name", "mutant"), CONTROLS)
 def test_mistake_invisible_on_this_config(mistral3_run, case_name, mutant):
-    v = _verdict(mistral3_run, f"{case_name}--{mutant}")
-    assert v.status is Status.PASS, v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
+    arch_suite.assert_control_passes(verdict(mistral3_run, f"{case_name}--{mutant}"))
 
 
 def test_native_double_bos_on_text_prompts_is_caught_at_input_ids(mistral3_run):
-    v = _verdict(mistral3_run, "mistral3_text--bos")
-    assert v.status is Status.FAIL and v.first_failure == "input_ids"
-    (ids,) = [c for c in v.checks if c.stage == "input_ids"]
-    assert "position 1" in ids.detail and "<bos>" in ids.detail, ids.detail
+    arch_suite.assert_bos_caught(verdict(mistral3_run, "mistral3_text--bos"), position=1)
 
 
 def test_native_feeds_two_bos_on_image_prompts_too(mistral3_run):
@@ -160,9 +101,9 @@ def test_native_feeds_two_bos_on_image_prompts_too(mistral3_run):
     # bundled add-on (bit-exact with native on this prompt): its failure at position 1
     # shows native's image prompt starts <bos><bos>. It feeds what the model expects and
     # still fails: the gate follows its reference, here a wrong one.
-    assert _verdict(mistral3_run, "mistral3_bos").status is Status.PASS
-    v = _verdict(mistral3_run, "mistral3_bos--SingleBos--exact")
-    (ids,) = [c for c in v.checks if c.stage == "input_ids"]
+    assert verdict(mistral3_run, "mistral3_bos").status is Status.PASS
+    v = verdict(mistral3_run, "mistral3_bos--SingleBos--exact")
+    ids = arch_suite.check(v, "input_ids", None)
     assert v.first_failure == "input_ids" and "position 1" in ids.detail, ids.detail
 
 
@@ -170,19 +111,7 @@ def test_native_feeds_two_bos_on_image_prompts_too(mistral3_run):
 
 
 def test_same_spec_same_bytes(tmp_path):
-    from harness.architectures.mistral3 import synth
-
-    spec = synth.Spec(quantize_bits=4, add_bos_token=True)
-    digests = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        out.mkdir()
-        synth.build(spec, out)
-        digests.append(
-            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
-        )
-    assert digests[0] == digests[1]
-    assert "model.safetensors" in digests[0]
+    arch_suite.assert_same_spec_same_bytes(ARCH, tmp_path, quantize_bits=4, add_bos_token=True)
 
 
 def test_config_writes_every_value_whose_default_differs():
@@ -246,10 +175,4 @@ def test_config_writes_every_value_whose_default_differs():
     ],
 )
 def test_invalid_options_are_refused_naming_the_option(options, field):
-    from pydantic import ValidationError
-
-    from harness.architectures.mistral3 import synth
-
-    with pytest.raises(ValidationError) as info:
-        synth.Spec.model_validate(options)
-    assert info.value.errors()[0]["loc"] == (field,)
+    arch_suite.assert_option_refused(ARCH, options, field)

@@ -1,25 +1,20 @@
 """Pixtral: the synthesizer builds checkpoints both libraries load identically, the reference
 add-on is bit-exact with native mlx-vlm on every shipped case (every stage, max abs diff 0),
 and every mutant add-on in tests/pixtral_mutants.py FAILS at the stage where its mistake
-enters. One `run_cases` for everything, as in tests/test_mistral3.py."""
+enters. One `run_cases` for everything, built by tests/arch_suite.py as for Mistral 3."""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 
+import arch_suite
 import pytest
-from conftest import CASES
+from arch_suite import PROFILES, verdict
 
-from harness.cases import load_case, load_cases
-from harness.policy import ImportPolicy
-from harness.records import Status, stage_rank
-from harness.runner import RunOptions, run_cases
 from harness.synth import ensure_checkpoint
 
-PIXTRAL_CASES = CASES / "pixtral"
-IMPORTS = ImportPolicy(("pixtral_mutants",))
+ARCH = "pixtral"
 
 # (case, mutant class in tests/pixtral_mutants.py, first diverging stage)
 MUTANTS = [
@@ -27,7 +22,6 @@ MUTANTS = [
     ("pixtral_two_images", "ContiguousImageSpan", "embeddings"),
     ("pixtral_one_image", "PenultimateVisionLayer", "embeddings"),
 ]
-PROFILES = ["exact", "image"]
 # A one-row token grid has no [IMG_BREAK]: its [IMG] rows are one contiguous run.
 CONTROLS = [("pixtral_one_row", "ContiguousImageSpan")]
 ONE_ROW_IMAGE = "images/wide_strip_256x48.png"  # fitted into 32x8 px: one row of 4 [IMG]
@@ -35,45 +29,17 @@ ONE_ROW_IMAGE = "images/wide_strip_256x48.png"  # fitted into 32x8 px: one row o
 
 def _case(name: str):
     if name == "pixtral_one_row":
-        base = _case("pixtral_one_image")
-        content = [{"type": "image", "image": ONE_ROW_IMAGE}, {"type": "text", "text": "Hello"}]
-        messages = [{"role": "user", "content": content}]
-        return type(base).model_validate({**base.model_dump(), "id": name, "messages": messages})
-    return load_case(PIXTRAL_CASES / f"{name}.yaml")
+        return arch_suite.with_image_prompt(_case("pixtral_one_image"), name, ONE_ROW_IMAGE)
+    return arch_suite.case(ARCH, name)
 
 
 @pytest.fixture(scope="module")
 def pixtral_run():
     """Every shipped Pixtral case, every mutant and the control, in one run."""
-    shipped, errors = load_cases([PIXTRAL_CASES])
-    assert not errors, errors
-    cases = list(shipped)
-    for name, mutant, _ in MUTANTS:
-        for profile in PROFILES:
-            cases.append(
-                _case(name).model_copy(
-                    update={
-                        "id": f"{name}--{mutant}--{profile}",
-                        "addon": f"pixtral_mutants:{mutant}",
-                        "profile": profile,
-                    }
-                )
-            )
-    for name, mutant in CONTROLS:
-        cases.append(
-            _case(name).model_copy(
-                update={"id": f"{name}--{mutant}", "addon": f"pixtral_mutants:{mutant}"}
-            )
-        )
-    return run_cases(cases, options=RunOptions(imports=IMPORTS))
+    return arch_suite.arch_run(ARCH, MUTANTS, CONTROLS, load=_case)
 
 
-def _verdict(run, case_id: str):
-    (v,) = [v for v in run.verdicts if v.case_id == case_id]
-    return v
-
-
-SHIPPED = sorted(p.stem for p in PIXTRAL_CASES.glob("pixtral_*.yaml"))
+SHIPPED = arch_suite.shipped_ids(ARCH)
 
 
 def test_shipped_cases_exist():
@@ -84,63 +50,30 @@ def test_shipped_cases_exist():
 
 @pytest.mark.parametrize("case_id", SHIPPED)
 def test_case_is_bit_exact(pixtral_run, case_id):
-    v = _verdict(pixtral_run, case_id)
-    assert v.status is Status.PASS, v.reason or v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
-    assert all(c.value == 0 for c in v.checks if c.metric.startswith("max_abs")), [
-        (c.stage, c.metric, c.value) for c in v.checks if c.value
-    ]
-    stages = {c.stage for c in v.checks}
-    assert {"input_ids", "embeddings", "attention_mask", "layer.0", "logits"} <= stages
-    assert v.provenance["reference_prefill_chunks"] == v.provenance["candidate_prefill_chunks"]
+    arch_suite.assert_bit_exact(verdict(pixtral_run, case_id))
 
 
 def test_split_prefill_splits_the_image_span(pixtral_run):
-    v = _verdict(pixtral_run, "pixtral_split_prefill")
-    chunks = [int(n) for n in v.provenance["candidate_prefill_chunks"].split(",")]
-    edges = [sum(chunks[: i + 1]) for i in range(len(chunks) - 1)]
     # [IMG] / [IMG_BREAK] / [IMG_END] of the 4x4-token image sit at prompt positions 2..21.
-    assert any(2 < edge <= 21 for edge in edges), chunks
+    arch_suite.assert_prefill_splits(verdict(pixtral_run, "pixtral_split_prefill"), 2, 21)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize(("case_name", "mutant", "stage"), MUTANTS)
 def test_mutant_fails_at_its_stage(pixtral_run, case_name, mutant, stage, profile):
-    v = _verdict(pixtral_run, f"{case_name}--{mutant}--{profile}")
-    gating_failures = [c for c in v.checks if c.gating and not c.passed]
-    assert v.status is Status.FAIL and gating_failures, v.reason
-    assert v.first_divergence == stage
-    assert v.first_failure == stage
-    failing = {c.stage for c in v.checks if not c.passed}
-    assert all(stage_rank(s) >= stage_rank(stage) for s in failing)
-    passing_before = {c.stage for c in v.checks if stage_rank(c.stage) < stage_rank(stage)}
-    assert "input_ids" in passing_before
+    arch_suite.assert_fails_at(verdict(pixtral_run, f"{case_name}--{mutant}--{profile}"), stage)
 
 
 @pytest.mark.parametrize(("case_name", "mutant"), CONTROLS)
 def test_mistake_invisible_on_this_config(pixtral_run, case_name, mutant):
-    v = _verdict(pixtral_run, f"{case_name}--{mutant}")
-    assert v.status is Status.PASS, v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
+    arch_suite.assert_control_passes(verdict(pixtral_run, f"{case_name}--{mutant}"))
 
 
 # --- the synthesizer --------------------------------------------------------------------
 
 
 def test_same_spec_same_bytes(tmp_path):
-    from harness.architectures.pixtral import synth
-
-    spec = synth.Spec(add_bos_token=True)
-    digests = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        out.mkdir()
-        synth.build(spec, out)
-        digests.append(
-            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
-        )
-    assert digests[0] == digests[1]
-    assert "model.safetensors" in digests[0]
+    arch_suite.assert_same_spec_same_bytes(ARCH, tmp_path, add_bos_token=True)
 
 
 def test_config_writes_every_value_whose_default_differs():
@@ -187,10 +120,4 @@ def test_config_writes_every_value_whose_default_differs():
     ],
 )
 def test_invalid_options_are_refused_naming_the_option(options, field):
-    from pydantic import ValidationError
-
-    from harness.architectures.pixtral import synth
-
-    with pytest.raises(ValidationError) as info:
-        synth.Spec.model_validate(options)
-    assert info.value.errors()[0]["loc"] == (field,)
+    arch_suite.assert_option_refused(ARCH, options, field)

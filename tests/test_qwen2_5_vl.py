@@ -7,21 +7,17 @@ Everything runs through the built-in registries and paths (`synth: qwen2_5_vl`,
 
 from __future__ import annotations
 
-import hashlib
 import json
 
+import arch_suite
 import numpy as np
 import pytest
-from conftest import CASES
+from arch_suite import PROFILES, check, verdict
 
-from harness.cases import load_case, load_cases
-from harness.policy import ImportPolicy
-from harness.records import Status, stage_rank
-from harness.runner import RunOptions, run_cases
+from harness.records import Status
 from harness.synth import ensure_checkpoint
 
-QWEN_CASES = CASES / "qwen2_5_vl"
-IMPORTS = ImportPolicy(("qwen2_5_vl_mutants",))
+ARCH = "qwen2_5_vl"
 PREFIX = "qwen2_5_vl_"
 
 # (case, mutant class in tests/qwen2_5_vl_mutants.py, first diverging stage)
@@ -32,7 +28,6 @@ MUTANTS = [
     ("one_image", "Float32Features", "embeddings"),
     ("one_image", "ImagePadsNotReplaced", "embeddings"),
 ]
-PROFILES = ["exact", "image"]
 # Mistakes that only show on some configs: the same add-on passes here.
 CONTROLS = [
     # bf16 text prompt: mlx-lm's fused 1-D RoPE gives native's M-RoPE angles bit for bit.
@@ -59,53 +54,39 @@ NO_SAME_PATH = {"session_state": False, "prompt_cache": None, "batch": None}
 
 
 def _case(name: str):
-    return load_case(QWEN_CASES / f"{PREFIX}{name}.yaml")
+    return arch_suite.case(ARCH, PREFIX + name)
 
 
-def _variant(name: str, case_id: str, addon: str, **update):
-    update = {"id": case_id, "addon": addon, **NO_SAME_PATH, **update}
-    return _case(name).model_copy(update=update)
+def _variant(name: str, case_id: str, mutant: str, **update):
+    update = {**NO_SAME_PATH, **update}
+    return arch_suite.mutant_case(_case(name), ARCH, mutant, case_id, **update)
 
 
 @pytest.fixture(scope="module")
 def qwen_run():
     """Every shipped case, every mutant, every control and the stale-state session, in
     one run."""
-    shipped, errors = load_cases([QWEN_CASES])
-    assert not errors, errors
+    shipped = arch_suite.shipped_cases(ARCH)
     # Build the three checkpoints here, in one process: the runner would build each in a
     # child process of its own, importing mlx-vlm three times.
     for case in {c.model_key(): c for c in shipped}.values():
         ensure_checkpoint(case.model.synth, case.model.options)
-    cases = list(shipped)
-    for name, mutant, _ in MUTANTS:
-        for profile in PROFILES:
-            case_id = f"{name}--{mutant}--{profile}"
-            addon = f"qwen2_5_vl_mutants:{mutant}"
-            cases.append(_variant(name, case_id, addon, profile=profile))
-    for name, mutant in CONTROLS:
-        cases.append(_variant(name, f"{name}--{mutant}", f"qwen2_5_vl_mutants:{mutant}"))
-    # float32 text through plain mlx-lm: the fused RoPE is not bit-exact there.
-    cases.append(_variant("fp32_text", "fp32_text--NoPositions", "qwen2_5_vl_mutants:NoPositions"))
+    cases = [
+        *shipped,
+        *arch_suite.mutant_cases(ARCH, _case, MUTANTS, **NO_SAME_PATH),
+        *arch_suite.control_cases(ARCH, _case, CONTROLS, **NO_SAME_PATH),
+        # float32 text through plain mlx-lm: the fused RoPE is not bit-exact there.
+        _variant("fp32_text", "fp32_text--NoPositions", "NoPositions"),
+    ]
     for name, when, update in STALE:
         case_id = "--".join(filter(None, (name, "StalePositions", when)))
-        cases.append(_variant(name, case_id, "qwen2_5_vl_mutants:StalePositions", **update))
+        cases.append(_variant(name, case_id, "StalePositions", **update))
     # In this process (the paths' imports are paid once, not by three worker processes):
     # `harness run cases/qwen2_5_vl` runs the shipped cases with process isolation.
-    return run_cases(cases, options=RunOptions(imports=IMPORTS, isolation="none"))
+    return arch_suite.run(ARCH, cases, isolation="none")
 
 
-def _verdict(run, case_id: str):
-    (v,) = [v for v in run.verdicts if v.case_id == case_id]
-    return v
-
-
-def _check(v, stage: str, metric: str = "max_abs_diff"):
-    (row,) = [c for c in v.checks if c.stage == stage and c.metric == metric]
-    return row
-
-
-SHIPPED = sorted(p.stem for p in QWEN_CASES.glob(f"{PREFIX}*.yaml"))
+SHIPPED = arch_suite.shipped_ids(ARCH)
 
 
 # --- the cases --------------------------------------------------------------------------
@@ -118,78 +99,58 @@ def test_shipped_cases_exist():
 
 @pytest.mark.parametrize("case_id", SHIPPED)
 def test_case_is_bit_exact(qwen_run, case_id):
-    v = _verdict(qwen_run, case_id)
-    assert v.status is Status.PASS, v.reason or v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
-    assert all(c.value == 0 for c in v.checks if c.metric.startswith("max_abs")), [
-        (c.stage, c.metric, c.value) for c in v.checks if c.value
-    ]
-    stages = {c.stage for c in v.checks}
-    assert {"input_ids", "position_ids", "embeddings", "attention_mask", "layer.0"} <= stages
-    assert "logits" in stages
-    # Same prefill schedule on both paths: exact parity holds only for equal schedules.
-    assert v.provenance["reference_prefill_chunks"] == v.provenance["candidate_prefill_chunks"]
+    arch_suite.assert_bit_exact(verdict(qwen_run, case_id), stages={"position_ids"})
 
 
 def test_split_prefill_splits_the_image_span(qwen_run):
-    v = _verdict(qwen_run, PREFIX + "split_prefill")
-    chunks = [int(n) for n in v.provenance["candidate_prefill_chunks"].split(",")]
-    edges = [sum(chunks[: i + 1]) for i in range(len(chunks) - 1)]
     # The 54 image rows sit at prompt indexes 34..87.
-    assert sum(34 < edge <= 87 for edge in edges) >= 2, chunks
+    v = verdict(qwen_run, PREFIX + "split_prefill")
+    arch_suite.assert_prefill_splits(v, 34, 87, at_least=2)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize(("case_name", "mutant", "stage"), MUTANTS)
 def test_mutant_fails_at_its_stage(qwen_run, case_name, mutant, stage, profile):
     # Under the shipped exact profile and under the engine's looser image profile alike.
-    v = _verdict(qwen_run, f"{case_name}--{mutant}--{profile}")
-    gating_failures = [c for c in v.checks if c.gating and not c.passed]
-    assert v.status is Status.FAIL and gating_failures, v.reason
-    assert v.first_divergence == stage
-    assert v.first_failure == stage
-    failing = {c.stage for c in v.checks if not c.passed}
-    assert all(stage_rank(s) >= stage_rank(stage) for s in failing)
-    passing_before = {c.stage for c in v.checks if stage_rank(c.stage) < stage_rank(stage)}
-    assert "input_ids" in passing_before
+    arch_suite.assert_fails_at(verdict(qwen_run, f"{case_name}--{mutant}--{profile}"), stage)
 
 
 @pytest.mark.parametrize(("case_name", "mutant"), CONTROLS)
 def test_mistake_invisible_on_this_config(qwen_run, case_name, mutant):
-    v = _verdict(qwen_run, f"{case_name}--{mutant}")
-    assert v.status is Status.PASS, v.first_failure_detail
-    assert _check(v, "position_ids").value == 0
+    v = verdict(qwen_run, f"{case_name}--{mutant}")
+    arch_suite.assert_control_passes(v, no_difference=False)
+    assert check(v, "position_ids").value == 0
 
 
 def test_plain_rope_in_float32_is_off_by_rounding_only(qwen_run):
     # mlx-lm's fused RoPE vs mlx-vlm's explicit cos/sin: same positions, float32 rounding
     # apart (why the add-on applies mlx-vlm's rotary to text prompts too).
-    v = _verdict(qwen_run, "fp32_text--NoPositions")
-    assert _check(v, "position_ids").value == 0
-    assert _check(v, "embeddings").value == 0
+    v = verdict(qwen_run, "fp32_text--NoPositions")
+    assert check(v, "position_ids").value == 0
+    assert check(v, "embeddings").value == 0
     assert v.status is Status.FAIL and v.first_failure == "layer.0"
-    assert 0 < _check(v, "layer.0").value < 1e-4
-    assert 0 < _check(v, "logits").value < 1e-3
+    assert 0 < check(v, "layer.0").value < 1e-4
+    assert 0 < check(v, "logits").value < 1e-3
 
 
 def test_stale_positions_fail_the_session_state_check(qwen_run):
     # First capture in a fresh session: every stage exact; after the warm-up image
     # prompts the text prompt is rotated by their positions.
-    v = _verdict(qwen_run, "text--StalePositions--session_state")
+    v = verdict(qwen_run, "text--StalePositions--session_state")
     assert v.status is Status.FAIL
     assert v.first_failure == v.first_divergence == "session_state"
     assert all(c.passed for c in v.checks if c.stage != "session_state")
-    (row,) = [c for c in v.checks if c.stage == "session_state"]
+    row = check(v, "session_state", None)
     assert "position_ids differs" in row.detail, row.detail
 
 
 def test_stale_positions_leak_into_the_next_text_prompt(qwen_run):
-    image = _verdict(qwen_run, "one_image--StalePositions")
-    after = _verdict(qwen_run, "text--StalePositions--after")
+    image = verdict(qwen_run, "one_image--StalePositions")
+    after = verdict(qwen_run, "text--StalePositions--after")
     assert image.status is Status.PASS, image.first_failure_detail
     assert after.status is Status.FAIL
     assert after.first_failure == after.first_divergence == "position_ids"
-    assert _check(after, "input_ids").value == 0
+    assert check(after, "input_ids").value == 0
 
 
 def test_same_path_checks_ran(qwen_run):
@@ -201,17 +162,17 @@ def test_same_path_checks_ran(qwen_run):
         "split_prefill": "prompt_cache",
     }
     for name, stage in wanted.items():
-        v = _verdict(qwen_run, PREFIX + name)
-        (row,) = [c for c in v.checks if c.stage == stage]
+        v = verdict(qwen_run, PREFIX + name)
+        row = check(v, stage, None)
         assert row.passed and row.gating, row.detail
-    (state,) = [c for c in _verdict(qwen_run, PREFIX + "text").checks if c.stage == "session_state"]
+    state = check(verdict(qwen_run, PREFIX + "text"), "session_state", None)
     assert state.value == 0 and "image prompt" in state.detail
 
 
 def test_plain_rope_first_differs_inside_the_image(qwen_run):
     # The image's first row (index 34) is (34, 34, 34) under M-RoPE too; its second row
     # is (34, 34, 35) against a plain RoPE's 35.
-    row = _check(_verdict(qwen_run, "one_image--NoPositions--exact"), "position_ids")
+    row = check(verdict(qwen_run, "one_image--NoPositions--exact"), "position_ids")
     assert row.value == 53 and "first mismatch at (35, 0)" in row.detail, row.detail
 
 
@@ -219,19 +180,7 @@ def test_plain_rope_first_differs_inside_the_image(qwen_run):
 
 
 def test_same_spec_same_bytes(tmp_path):
-    from harness.architectures.qwen2_5_vl import synth
-
-    spec = synth.Spec(quantize_bits=4)
-    digests = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        out.mkdir()
-        synth.build(spec, out)
-        digests.append(
-            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
-        )
-    assert digests[0] == digests[1]
-    assert "model.safetensors" in digests[0]
+    arch_suite.assert_same_spec_same_bytes(ARCH, tmp_path, quantize_bits=4)
 
 
 def test_config_writes_every_value_whose_default_differs():
@@ -304,10 +253,4 @@ def test_call_positions_slice_the_prompt_then_shift():
     ],
 )
 def test_invalid_options_are_refused_naming_the_option(options, field):
-    from pydantic import ValidationError
-
-    from harness.architectures.qwen2_5_vl import synth
-
-    with pytest.raises(ValidationError) as info:
-        synth.Spec.model_validate(options)
-    assert info.value.errors()[0]["loc"] == (field,)
+    arch_suite.assert_option_refused(ARCH, options, field)

@@ -8,24 +8,19 @@ Everything runs through the built-in registries and paths (`synth: qwen3_vl`,
 
 from __future__ import annotations
 
-import hashlib
 import json
 from itertools import islice
 
+import arch_suite
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import CASES
+from arch_suite import PROFILES, check, verdict
 
-from harness.cases import load_case, load_cases
-from harness.policy import ImportPolicy
-from harness.records import Status, stage_rank
-from harness.runner import RunOptions, run_cases
+from harness.records import Status
 from harness.synth import ensure_checkpoint
 
-QWEN3_VL_CASES = CASES / "qwen3_vl"
-IMPORTS = ImportPolicy(("qwen3_vl_mutants",))
-PROFILES = ["exact", "image"]
+ARCH = "qwen3_vl"
 
 # (case, mutant class in tests/qwen3_vl_mutants.py, first diverging stage, first failing
 # stage under the image profile, where per-layer checks do not gate).
@@ -57,45 +52,23 @@ CONTROLS = [
 
 
 def _case(name: str):
-    return load_case(QWEN3_VL_CASES / f"{name}.yaml")
-
-
-def _mutant(name: str, mutant: str, case_id: str, **update):
-    return _case(name).model_copy(
-        update={"id": case_id, "addon": f"qwen3_vl_mutants:{mutant}", **update}
-    )
+    return arch_suite.case(ARCH, name)
 
 
 @pytest.fixture(scope="module")
 def qwen3_vl_run():
     """Every shipped Qwen3-VL case, every mutant and every control, in one run."""
-    shipped, errors = load_cases([QWEN3_VL_CASES])
-    assert not errors, errors
-    cases = list(shipped)
+    # Plain mlx-lm RoPE on a text prompt: bit-exact in bf16, not in float32.
+    plain_rope = [
+        arch_suite.mutant_case(_case(name), ARCH, "PositionsMissing", f"{name}--PositionsMissing")
+        for name in ("qwen3_vl_text", "qwen3_vl_fp32_text")
+    ]
     # Controls first: KeepsPromptState's image case must precede its text cases in the
     # session both share (a session runs its cases in list order).
-    cases += [_mutant(name, mutant, f"{name}--{mutant}") for name, mutant in CONTROLS]
-    for name, mutant, _, _ in MUTANTS:
-        for profile in PROFILES:
-            case_id = f"{name}--{mutant}--{profile}"
-            cases.append(_mutant(name, mutant, case_id, profile=profile))
-    # Plain mlx-lm RoPE on a text prompt: bit-exact in bf16, not in float32.
-    for name in ("qwen3_vl_text", "qwen3_vl_fp32_text"):
-        cases.append(_mutant(name, "PositionsMissing", f"{name}--PositionsMissing"))
-    return run_cases(cases, options=RunOptions(imports=IMPORTS))
+    return arch_suite.arch_run(ARCH, MUTANTS, CONTROLS, extra=plain_rope, controls_first=True)
 
 
-def _verdict(run, case_id: str):
-    (v,) = [v for v in run.verdicts if v.case_id == case_id]
-    return v
-
-
-def _check(v, stage: str, metric: str = "max_abs_diff"):
-    (c,) = [c for c in v.checks if c.stage == stage and c.metric == metric]
-    return c
-
-
-SHIPPED = sorted(p.stem for p in QWEN3_VL_CASES.glob("qwen3_vl_*.yaml"))
+SHIPPED = arch_suite.shipped_ids(ARCH)
 
 
 # --- the cases --------------------------------------------------------------------------
@@ -115,60 +88,39 @@ def test_shipped_cases_exist():
 
 @pytest.mark.parametrize("case_id", SHIPPED)
 def test_case_is_bit_exact(qwen3_vl_run, case_id):
-    v = _verdict(qwen3_vl_run, case_id)
-    assert v.status is Status.PASS, v.reason or v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
-    assert all(c.value == 0 for c in v.checks if c.metric.startswith("max_abs")), [
-        (c.stage, c.metric, c.value) for c in v.checks if c.value
-    ]
-    stages = {c.stage for c in v.checks}
-    assert {"input_ids", "position_ids", "embeddings", "attention_mask", "layer.0"} <= stages
-    assert {"deepstack.0", "deepstack.1", "deepstack.2", "logits"} <= stages
-    # Same prefill schedule on both paths: exact parity holds only for equal schedules.
-    assert v.provenance["reference_prefill_chunks"] == v.provenance["candidate_prefill_chunks"]
+    stages = {"position_ids", "deepstack.0", "deepstack.1", "deepstack.2"}
+    arch_suite.assert_bit_exact(verdict(qwen3_vl_run, case_id), stages)
 
 
 def test_split_prefill_splits_the_image_span(qwen3_vl_run):
-    v = _verdict(qwen3_vl_run, "qwen3_vl_split_prefill")
-    chunks = [int(n) for n in v.provenance["candidate_prefill_chunks"].split(",")]
-    edges = [sum(chunks[: i + 1]) for i in range(len(chunks) - 1)]
     # The 20 image tokens sit at prompt positions 4..23.
-    assert any(4 < edge <= 23 for edge in edges), chunks
+    arch_suite.assert_prefill_splits(verdict(qwen3_vl_run, "qwen3_vl_split_prefill"), 4, 23)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize(("case_name", "mutant", "stage", "image_stage"), MUTANTS)
 def test_mutant_fails_at_its_stage(qwen3_vl_run, case_name, mutant, stage, image_stage, profile):
-    v = _verdict(qwen3_vl_run, f"{case_name}--{mutant}--{profile}")
-    gating_failures = [c for c in v.checks if c.gating and not c.passed]
-    assert v.status is Status.FAIL and gating_failures, v.reason
-    assert v.first_divergence == stage
-    assert v.first_failure == (stage if profile == "exact" else image_stage)
-    failing = {c.stage for c in v.checks if not c.passed}
-    assert all(stage_rank(s) >= stage_rank(stage) for s in failing)
-    passing_before = {c.stage for c in v.checks if stage_rank(c.stage) < stage_rank(stage)}
-    assert "input_ids" in passing_before
+    v = verdict(qwen3_vl_run, f"{case_name}--{mutant}--{profile}")
+    arch_suite.assert_fails_at(v, stage, stage if profile == "exact" else image_stage)
 
 
 @pytest.mark.parametrize(("case_name", "mutant"), CONTROLS)
 def test_mistake_invisible_on_this_prompt(qwen3_vl_run, case_name, mutant):
-    v = _verdict(qwen3_vl_run, f"{case_name}--{mutant}")
-    assert v.status is Status.PASS, v.first_failure_detail
-    assert v.first_difference is None, v.first_difference_detail
+    arch_suite.assert_control_passes(verdict(qwen3_vl_run, f"{case_name}--{mutant}"))
 
 
 def test_late_deepstack_shows_the_features_one_layer_later(qwen3_vl_run):
     # Native adds features after layers 0 and 1; the mutant after 1 and 2.
-    v = _verdict(qwen3_vl_run, "qwen3_vl_one_image--DeepStackOneLayerLate--exact")
-    assert not _check(v, "deepstack.0").passed
-    assert not _check(v, "deepstack.2").passed
-    assert _check(v, "layer.0").passed
+    v = verdict(qwen3_vl_run, "qwen3_vl_one_image--DeepStackOneLayerLate--exact")
+    assert not check(v, "deepstack.0").passed
+    assert not check(v, "deepstack.2").passed
+    assert check(v, "layer.0").passed
 
 
 def test_unsliced_deepstack_is_wrong_only_after_the_first_chunk(qwen3_vl_run):
     # Rows 4-9 (first chunk) get features 0-5 either way; rows 10-23 get the wrong ones.
-    v = _verdict(qwen3_vl_run, "qwen3_vl_split_prefill--DeepStackNotSlicedByChunk--exact")
-    detail = _check(v, "deepstack.0").detail
+    v = verdict(qwen3_vl_run, "qwen3_vl_split_prefill--DeepStackNotSlicedByChunk--exact")
+    detail = check(v, "deepstack.0").detail
     differing = int(detail.split(" of ")[0])
     hidden = 64
     assert 0 < differing <= (23 - 10 + 1) * hidden, detail
@@ -176,12 +128,12 @@ def test_unsliced_deepstack_is_wrong_only_after_the_first_chunk(qwen3_vl_run):
 
 def test_plain_rope_on_text_prompts_is_exact_in_bf16_only(qwen3_vl_run):
     # mlx-lm's fused RoPE vs mlx-vlm's explicit cos/sin on 1-D positions.
-    bf16 = _verdict(qwen3_vl_run, "qwen3_vl_text--PositionsMissing")
+    bf16 = verdict(qwen3_vl_run, "qwen3_vl_text--PositionsMissing")
     assert bf16.status is Status.PASS and bf16.first_difference is None
-    fp32 = _verdict(qwen3_vl_run, "qwen3_vl_fp32_text--PositionsMissing")
+    fp32 = verdict(qwen3_vl_run, "qwen3_vl_fp32_text--PositionsMissing")
     assert fp32.status is Status.FAIL and fp32.first_divergence == "layer.0"
-    assert _check(fp32, "position_ids").passed
-    assert 0 < _check(fp32, "layer.0").value < 1e-4
+    assert check(fp32, "position_ids").passed
+    assert 0 < check(fp32, "layer.0").value < 1e-4
 
 
 # --- decode steps (in process: the harness compares the first token) -------------------
@@ -278,19 +230,7 @@ def test_decode_steps_are_bit_exact_and_need_rope_deltas():
 
 
 def test_same_spec_same_bytes(tmp_path):
-    from harness.architectures.qwen3_vl import synth
-
-    spec = synth.Spec(quantize_bits=4)
-    digests = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        out.mkdir()
-        synth.build(spec, out)
-        digests.append(
-            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
-        )
-    assert digests[0] == digests[1]
-    assert "model.safetensors" in digests[0]
+    arch_suite.assert_same_spec_same_bytes(ARCH, tmp_path, quantize_bits=4)
 
 
 def test_config_writes_every_value_whose_default_differs():
@@ -362,10 +302,4 @@ def test_config_writes_every_value_whose_default_differs():
     ],
 )
 def test_invalid_options_are_refused_naming_the_option(options, field):
-    from pydantic import ValidationError
-
-    from harness.architectures.qwen3_vl import synth
-
-    with pytest.raises(ValidationError) as info:
-        synth.Spec.model_validate(options)
-    assert info.value.errors()[0]["loc"] == (field,)
+    arch_suite.assert_option_refused(ARCH, options, field)
