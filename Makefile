@@ -5,12 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CASES  ?= cases
 
-.PHONY: parity test lint bench venv clean sweep record parity-replay drift drift-check
+.PHONY: parity test lint bench venv clean sweep record parity-replay drift drift-check matrix
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,torch]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -55,7 +55,9 @@ drift: $(STAMP)
 ## A real version move: record DRIFT_CASES under an older released mlx-vlm (OLD_MLX_VLM,
 ## in its own venv OLD_VENV), then run them under the pinned one against those recordings.
 ## Succeeds when the comparison ran (exit 0 or 1: what moved is printed, not a failure).
-OLD_MLX_VLM ?= 0.7.9
+## mlx-vlm 0.6.17 renders some image prompts differently: 6 Gemma 4 cases move; with
+## 0.7.9 nothing moves; 0.6.0 lacks a function the native path calls.
+OLD_MLX_VLM ?= 0.6.17
 OLD_VENV    ?= .venv-old
 DRIFT_CASES ?= $(filter-out cases/_%,$(wildcard cases/*.yaml)) cases/gemma3
 DRIFT_OUT   ?= reports/drift-check
@@ -74,6 +76,14 @@ drift-check: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m harness drift $(DRIFT_CASES) \
 		--golden-dir $(DRIFT_OUT)/recordings --report-dir $(DRIFT_OUT)/report; \
 		code=$$?; test $$code -eq 0 -o $$code -eq 1
+
+## The tested matrix (harness/matrix/tested.json, tested.md): every point marked build
+## (oldest, newest) gets a venv of its own under MATRIX_VENVS holding its pins, this project
+## is pip-installed beside them (pip must keep them), the cases run there and each case's
+## outcome is recorded. Slow (a full run per point); not part of `make test`.
+MATRIX_VENVS ?= $(HOME)/.cache/mlx-parity/venvs
+matrix: $(STAMP)
+	$(PY) -m harness.matrix.build --venvs $(MATRIX_VENVS) --cases $(CASES)
 
 clean:
 	rm -rf reports/latest .pytest_cache

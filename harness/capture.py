@@ -258,12 +258,22 @@ def save_capture(capture: Capture, path: Path) -> None:
         "prompt_text": capture.prompt_text,
         "tokens": list(capture.tokens),
     }
+    if capture.digests or capture.recording:  # a replayed recording (harness.golden)
+        from .digests import digest_json
+
+        metadata |= {
+            "digests": {k: digest_json(d) for k, d in capture.digests.items()},
+            "recording": capture.recording,
+            "environment": dict(capture.environment),
+        }
     tensors = {k: np.ascontiguousarray(v) for k, v in capture.arrays.items()}
     save_file(tensors, str(path), metadata={"mlx_parity": json.dumps(metadata, sort_keys=True)})
 
 
 def load_capture(path: Path) -> Capture:
     from safetensors import safe_open
+
+    from .digests import digest_from_json
 
     with safe_open(str(path), framework="numpy") as handle:
         metadata = json.loads(handle.metadata()["mlx_parity"])
@@ -278,4 +288,7 @@ def load_capture(path: Path) -> Capture:
         layer_tree=metadata["layer_tree"],
         prompt_text=metadata.get("prompt_text", ""),
         tokens=tuple(metadata.get("tokens", ())),
+        digests={k: digest_from_json(d) for k, d in metadata.get("digests", {}).items()},
+        recording=metadata.get("recording", ""),
+        environment=metadata.get("environment", {}),
     )

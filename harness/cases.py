@@ -150,13 +150,47 @@ class Message(_Strict):
 class PathPair(_Strict):
     reference: RegistryName = "mlx-vlm"
     candidate: RegistryName = "unified"
+    # A third opinion (e.g. transformers): compared with both under `third_profile`, each
+    # pair reported per stage (harness.three_way).
+    third: RegistryName | None = None
 
     @model_validator(mode="after")
     def _two_paths(self) -> PathPair:
         same = BUILTIN_PATHS.get(self.reference, self.reference)
         if same == BUILTIN_PATHS.get(self.candidate, self.candidate):
             raise ValueError("reference and candidate are the same path: it would pass unchecked")
+        if self.third is not None:
+            third = BUILTIN_PATHS.get(self.third, self.third)
+            if third in (same, BUILTIN_PATHS.get(self.candidate, self.candidate)):
+                raise ValueError("third must differ from reference and candidate")
         return self
+
+    def names(self) -> tuple[str, ...]:
+        return (self.reference, self.candidate, *((self.third,) if self.third else ()))
+
+
+class KnownDeviation(_Strict):
+    """Two paths are known to differ from `stage` on, for `reason`: that pair's rows from
+    the stage on are reported, not gating, and a `known_deviation` row says whether the
+    deviation was found there (harness.three_way). `paths` defaults to every compared pair
+    that includes the case's authority."""
+
+    stage: str
+    reason: str = Field(min_length=1, max_length=500)
+    paths: tuple[RegistryName, RegistryName] | None = None
+
+    @field_validator("reason")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return " ".join(value.split())  # folded YAML leaves a trailing newline
+
+    @field_validator("stage")
+    @classmethod
+    def _known_stage(cls, value: str) -> str:
+        if value not in STAGE_ORDER:
+            known = ", ".join(STAGE_ORDER)
+            raise ValueError(f"unknown stage {safe_key(value)}; stages are {known}")
+        return value
 
 
 # Arguments the harness passes to apply_chat_template itself, or that change what it
@@ -220,7 +254,7 @@ class CaseSpec(_Strict):
     max_size: tuple[PositiveInt, PositiveInt] | None = None
     paths: PathPair = PathPair()
     addon: RegistryName = Field("auto", description="registry name, 'module:Class', or auto")
-    profile: Literal["exact", "image"] | None = None
+    profile: Literal["exact", "image", "cross"] | None = None
     tolerances: dict[str, list[CheckSpec]] = Field(default_factory=dict)
     markers: list[str] = Field(default_factory=list)
     trust_remote_code: bool = False
@@ -239,6 +273,47 @@ class CaseSpec(_Strict):
     # Generate the case batched with another request (mlx-lm's batch generator) and fail
     # (`batch`) unless the tokens are equal and the logprobs within tolerance.
     batch: BatchSpec | None = None
+    # Which path is right where paths disagree (default: the third path, else the
+    # reference), the deviations from it that are known, and the profile pairs with the
+    # third path are held to (harness.three_way).
+    authority: RegistryName | None = None
+    known_deviations: list[KnownDeviation] = Field(default_factory=list, max_length=16)
+    third_profile: Literal["exact", "image", "cross"] = "cross"
+
+    @field_validator("authority")
+    @classmethod
+    def _authority_is_a_case_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        paths = info.data.get("paths")
+        if value is not None and paths is not None and value not in paths.names():
+            raise ValueError(f"{value!r} is not one of the case's paths")
+        return value
+
+    @field_validator("known_deviations")
+    @classmethod
+    def _deviations_name_case_paths(
+        cls, value: list[KnownDeviation], info: ValidationInfo
+    ) -> list[KnownDeviation]:
+        paths = info.data.get("paths")
+        if paths is None or "authority" not in info.data:
+            return value  # their own errors are reported
+        names = paths.names()
+        authority = info.data["authority"] or paths.third or paths.reference
+        for deviation in value:
+            pair = deviation.paths
+            if pair is not None and (pair[0] == pair[1] or not set(pair) <= set(names)):
+                raise ValueError(f"paths {list(pair)} must be two of the case's paths")
+            main = set(names[:2])
+            on_main = set(pair) == main if pair is not None else authority in main
+            if deviation.stage == "input_ids" and on_main:
+                raise ValueError(
+                    "a deviation at input_ids between reference and candidate would leave "
+                    "nothing gating"
+                )
+        return value
+
+    @property
+    def authority_path(self) -> str:
+        return self.authority or self.paths.third or self.paths.reference
 
     @field_validator("id")
     @classmethod

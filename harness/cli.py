@@ -13,6 +13,7 @@ from pathlib import Path
 # MLX stack while this process parses the cases.
 DEFAULT_CASES = Path("cases")
 DEFAULT_REPORT_DIR = Path("reports/latest")
+DEFAULT_GOLDEN_DIR = Path("reference")  # recordings (`record`, `run --replay`, `drift`)
 MAX_IMAGE_PIXELS = 50_000_000  # harness.cases.MAX_IMAGE_PIXELS (not imported: it is heavy)
 
 
@@ -73,6 +74,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cases, errors = load_cases(args.cases or [DEFAULT_CASES], **_load_options(args))
     cases, errors = _select(cases, errors, args)
+    mode = "drift" if args.command == "drift" else "replay" if args.replay else None
+    if mode:  # run against recordings (harness.golden_run)
+        from .golden_run import against_recordings
+
+        cases, more = against_recordings(cases, mode)
+        errors = [*errors, *more]
     from .case_yaml import restrict_image_formats
 
     restrict_image_formats()  # in-process runs decode images here
@@ -89,6 +96,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         strict=args.strict,
         max_image_pixels=args.max_image_pixels,
+        golden_dir=args.golden_dir,
     )
     if args.keep_tensors:  # captures are written into the report dir as the run goes
         placeholder.join()
@@ -115,6 +123,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"{counts} in {time.monotonic() - progress.started:.1f}s; exit {result.exit_code}")
     print(f"report: {outputs['parquet']} (+ csv, md, junit: {outputs['junit']})")
+    if mode == "drift":
+        from .golden_run import drift_lines
+
+        print("\n".join(["what moved since the recordings:", *drift_lines(result.verdicts)]))
     return result.exit_code
 
 
@@ -157,7 +169,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         except CaseError as exc:  # an image path that escapes: that case's error only
             errors.append(exc)
             continue
-        paths = f"{c.paths.reference} vs {c.paths.candidate}"
+        paths = " vs ".join(c.paths.names())
         row = (c.id, c.model_label(), paths, images, c.prefill_step_size, ",".join(c.markers))
         table.add_row(*map(cell, (*row, c.source)))
     console = Console()
@@ -186,6 +198,27 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+DIFF_EXIT_CODES = """exit codes:
+  0    no case went from pass to fail or error (other changes are listed, not failed)
+  1    a case went from pass to fail or error between OLD and NEW
+  2    bad usage, or a report that cannot be read
+"""
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from .report_diff import ReportError, diff_reports
+    from .report_diff_format import format_markdown, format_text
+
+    try:
+        diff = diff_reports(args.old, args.new)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    render = format_markdown if args.format == "md" else format_text
+    sys.stdout.write(render(diff, args.max_rows))
+    return diff.exit_code
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -297,6 +330,13 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let cases that set trust_remote_code run their checkpoint's own code",
     )
+    run.add_argument(
+        "--golden-dir",
+        type=Path,
+        default=DEFAULT_GOLDEN_DIR,
+        metavar="DIR",
+        help="where the `golden` path reads recordings (DIR/<architecture>/<case id>/)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,7 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_selection(run)
     _add_run_options(run)
+    run.add_argument(
+        "--replay",
+        action="store_true",
+        help="compare each case's candidate against the recording of its reference "
+        "(--golden-dir) instead of running the reference",
+    )
     run.set_defaults(handler=_cmd_run)
+
+    from .cli_golden import add_golden_commands
+
+    add_golden_commands(sub)  # drift, record
 
     lister = sub.add_parser(
         "list", help="validate and list cases", formatter_class=_HelpFormatter
@@ -344,6 +394,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthesizer option, e.g. hidden_size=48",
     )
     synth.set_defaults(handler=_cmd_synth)
+
+    diff = sub.add_parser(
+        "diff",
+        help="compare two runs' reports",
+        description="Which cases changed status, which gating checks moved and by how much, "
+        "and which versions, commit or checkpoints changed between two reports.",
+        epilog=DIFF_EXIT_CODES,
+        formatter_class=_HelpFormatter,
+    )
+    diff.add_argument("old", type=Path, help="the earlier report directory or its parity.parquet")
+    diff.add_argument("new", type=Path, help="the later report directory or its parity.parquet")
+    diff.add_argument(
+        "--format", choices=["text", "md"], default="text", help="md: for a pull-request comment"
+    )
+    diff.add_argument(
+        "--max-rows", type=int, default=50, metavar="N", help="stage moves shown (0: all)"
+    )
+    diff.set_defaults(handler=_cmd_diff)
+
+    from . import doctor
+
+    sub.add_parser(
+        "doctor",
+        help="versions, backend, caches, and whether this stack is in the tested matrix",
+        description=doctor.__doc__,
+        formatter_class=_HelpFormatter,
+    ).set_defaults(handler=lambda args: doctor.main())
     return parser
 
 

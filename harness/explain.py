@@ -46,4 +46,7 @@ def explain(verdict: Verdict) -> str:
     note = schedule_note(verdict)
     if note:
         parts.append(note)
+    recording = verdict.provenance.get("reference_recording")
+    if recording:  # the reference was a recording (path `golden`), not a live path
+        parts.append(f"reference replayed from {recording}")
     return "; ".join(parts)

@@ -34,6 +34,13 @@ class ImportPolicy:
     """Modules (and their submodules) that `module:Class` names may import."""
 
     allowed: tuple[str, ...] = ()
+    # Add-on classes handed over as objects by Python code (the pytest `parity` fixture):
+    # (name, class) pairs. A case file cannot put anything here: only code that already
+    # holds the class can, so nothing is imported on a case's behalf.
+    addon_classes: tuple[tuple[str, type], ...] = ()
+
+    def given_addon(self, name: str) -> type | None:
+        return dict(self.addon_classes).get(name)
 
     @classmethod
     def from_sources(cls, flags: Iterable[str] = (), environ: Any = None) -> ImportPolicy:

@@ -62,6 +62,25 @@ def stage_rank(stage: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class Digest:
+    """A stage held as a fingerprint instead of its values (a compact recording, see
+    harness.golden): the sha256 of its exact bytes decides equality, the statistics say how
+    far a different array moved. `last_*`: the same for the last row alone, for stages a
+    path may keep at the last prompt position only. `topk_*` / `lse`: logits recorded as
+    their top-k ids and values plus the log-sum-exp (a real checkpoint's vocabulary)."""
+
+    sha256: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype of the hashed bytes (floats widened to float32, as captured)
+    stats: Mapping[str, float]
+    last_sha256: str = ""
+    last_stats: Mapping[str, float] = field(default_factory=dict)
+    topk_ids: tuple[int, ...] = ()
+    topk_values: tuple[float, ...] = ()
+    lse: float = float("nan")
+
+
+@dataclass(frozen=True)
 class Capture:
     """What one path fed its decoder, and what came out, for one case.
 
@@ -81,6 +100,13 @@ class Capture:
     prompt_text: str = ""
     # Token strings of input_ids (decoded one by one), for "first differing position".
     tokens: tuple[str, ...] = ()
+    # Stages held only as fingerprints (a compact recording): stage -> Digest. compare
+    # checks them against the other side's arrays (harness.digests).
+    digests: Mapping[str, Digest] = field(default_factory=dict)
+    # A replayed capture: the recording it was read from ("" for a live capture), and what
+    # differs between where it was recorded and here (name -> "recorded X, now Y").
+    recording: str = ""
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

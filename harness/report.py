@@ -11,7 +11,7 @@ from typing import Literal
 
 import pandas as pd
 
-from . import plots, plots_steps
+from . import plots, plots_steps, three_way
 from .explain import explain
 from .records import Verdict
 from .report_files import atomic_write, check_report_dir, staged_dir
@@ -198,6 +198,10 @@ def write_reports(
         )
         frame.to_csv(staging / names["csv"], index=False)
         (staging / names["markdown"]).write_text(markdown(run), encoding="utf-8")
+        three_way_md = three_way.markdown(run.verdicts)
+        if three_way_md:  # cases with a third path: the per-stage picture of every pair
+            names["three_way"] = Path("three_way.md")
+            (staging / names["three_way"]).write_text(three_way_md, encoding="utf-8")
         if outside_junit is None:
             (staging / names["junit"]).parent.mkdir(parents=True, exist_ok=True)
             (staging / names["junit"]).write_text(junit_xml(run), encoding="utf-8")

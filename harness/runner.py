@@ -78,6 +78,9 @@ class RunOptions:
     trust_remote_code: bool = False  # --trust-remote-code: cases MAY then ask for it
     strict: bool = False
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    # Where the `golden` path reads recordings (--golden-dir); under `strict` a recording
+    # made under other library versions, platform or checkpoint is an error of the case.
+    golden_dir: Path = Path("reference")
 
 
 def utc_now() -> str:
@@ -127,7 +130,10 @@ def _session_keys(
     from .addons import check_addon_name
 
     keys = []
-    for role, path in (("reference", case.paths.reference), ("candidate", case.paths.candidate)):
+    roles = [("reference", case.paths.reference), ("candidate", case.paths.candidate)]
+    if case.paths.third is not None:
+        roles.append(("third", case.paths.third))
+    for role, path in roles:
         try:
             session_class = resolve_session_class(path, options.imports)
             takes_addon = getattr(session_class, "takes_addon", True)
@@ -143,6 +149,8 @@ def _session_keys(
             trust_remote_code=case.trust_remote_code and options.trust_remote_code,
             layer_probes=options.layer_probes,
             imports=options.imports,
+            golden_dir=options.golden_dir.absolute(),
+            golden_strict=options.strict,
         )
         keys.append((SessionKey(path, session_options), role))
     return keys
@@ -168,7 +176,7 @@ def _plan(
         for key, role in keys:
             plan.setdefault(key, []).append((case, role))
         if same_path.roles(case):
-            again.append((keys[-1][0], case))
+            again.append((next(k for k, role in keys if role == "candidate"), case))
     # A case with same-path checks is among the candidate session's first prompts (its
     # capture as fresh as the session can give), each second capture right after it.
     for key, case in reversed(again):
@@ -243,6 +251,7 @@ def _compare_group(
                 captures[(case.id, "candidate")],
                 image_token_id,
                 same_path=_second_captures(captures, case),
+                third=captures.get((case.id, "third")),
             )
     _add_envelopes(group, plan, done, captures, model_dir, image_token_id, observe, options, more)
     return [done[c.id] for c in group], model_dir, outcome.seconds
@@ -317,6 +326,7 @@ def _add_envelopes(
             image_token_id,
             envelope=draws,
             same_path=_second_captures(captures, case),
+            third=captures.get((case_id, "third")),
         )
 
 
@@ -337,9 +347,13 @@ def run_cases(
     load_errors: Iterable[CaseError] = (),
     observe: Observer = lambda event, message: None,
     options: RunOptions = RunOptions(),
+    *,
+    more_follow: bool = False,
 ) -> RunResult:
     """Run every case; on KeyboardInterrupt (SIGINT, or SIGTERM turned into it by the CLI)
-    stop and return the verdicts so far, marked incomplete."""
+    stop and return the verdicts so far, marked incomplete. `more_follow`: the caller runs
+    more model groups in later calls (the pytest plugin runs one per call): a spare worker
+    is kept warm for them, which the caller releases (`worker.release_spare()`)."""
     started = utc_now()
     verdicts = [
         Verdict(
@@ -360,7 +374,7 @@ def run_cases(
     complete = True
     try:
         for index, group in enumerate(groups.values()):
-            more = index + 1 < len(groups)
+            more = more_follow or index + 1 < len(groups)
             for v in _run_group(group, observe, options, more):
                 observe("verdict", v)
                 verdicts.append(v)
@@ -368,7 +382,8 @@ def run_cases(
         complete = False
         observe("interrupted", f"{len(verdicts)} verdict(s) kept")
     finally:
-        worker.release_spare()
+        if not (more_follow and complete):
+            worker.release_spare()
     config_errors = sum(v.config_error for v in verdicts)
     return RunResult(
         tuple(verdicts),

@@ -43,6 +43,8 @@ def check_addon_name(name: str, model_type: str, policy: ImportPolicy = NO_IMPOR
     """Cheap check that `name` can be found, without importing it (an add-on pulls in
     mlx-lm and mlx-vlm; the worker that runs it imports it). The import policy is checked
     first: `find_spec` of a dotted name imports its parent packages."""
+    if policy.given_addon(name) is not None:
+        return
     if name == "auto":
         name = model_type
     if _external(name):
@@ -74,7 +76,10 @@ def resolve_addon(name: str, model_type: str, policy: ImportPolicy = NO_IMPORTS)
     """The add-on class for `name` ('auto' picks the checkpoint's model_type)."""
     if name == "auto":
         name = model_type
-    if _external(name):
+    given = policy.given_addon(name)
+    if given is not None:  # a class object from the caller's code: nothing to import
+        addon = given
+    elif _external(name):
         try:
             addon = import_allowed(name, "addon", policy)
         except PathError as exc:

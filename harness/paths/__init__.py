@@ -29,6 +29,10 @@ BUILTIN: dict[str, str] = {
     "mlx-vlm-stream": "harness.paths.pipeline:VlmStreamSession",
     "unified-stream": "harness.paths.pipeline:UnifiedStreamSession",
     "mlx-lm-stream": "harness.paths.pipeline:MlxLmStreamSession",
+    # A recording of a path's capture (`mlx-parity record`), replayed; no library loaded.
+    "golden": "harness.paths.golden:GoldenSession",
+    # PyTorch: transformers on an HF-layout copy of the checkpoint (needs the torch extra).
+    "transformers": "harness.paths.transformers_path:TransformersSession",
 }
 
 
@@ -48,6 +52,10 @@ class SessionOptions:
     layer_probes: bool = True
     # Modules that `module:Class` names may import (from the command line, never a case).
     imports: ImportPolicy = ImportPolicy()
+    # The `golden` path: where recordings are read (--golden-dir, never a case), and
+    # whether a recording made elsewhere (versions, platform, checkpoint) is an error.
+    golden_dir: Path = Path("reference")
+    golden_strict: bool = False
 
 
 class Session(Protocol):

@@ -68,7 +68,7 @@ MAX_LOGIT_SCALE = 1000.0
 
 # Options added after synthesizer version 2, with the default under which a dump leaves them
 # out (so that every checkpoint built before they existed keeps its cache key and bytes).
-OMITTED_WHEN_DEFAULT: dict[str, Any] = {"add_bos_token": False}
+OMITTED_WHEN_DEFAULT: dict[str, Any] = {"add_bos_token": False, "pad_token": "<pad>"}
 
 # Dimensions per preset; any field given explicitly overrides its preset value.
 # "e2b" follows the published Gemma 4 E2B config (text and vision towers), 4-bit like the
@@ -177,6 +177,11 @@ class Spec(PresetSpec):
         False,
         description="the tokenizer adds <bos> when asked for special tokens "
         "(tokenizer_config add_bos_token + a post-processor), as Gemma's own tokenizers do",
+    )
+    pad_token: Literal["<pad>", "<unk>", "<mask>"] = Field(
+        "<pad>",
+        description="the pad token (pad_token_id, id 0 for <pad>): transformers feeds it as "
+        "the per-layer-input id of image tokens, mlx-vlm 0.7.10 feeds id 0 whatever it is",
     )
 
     @model_serializer(mode="wrap")

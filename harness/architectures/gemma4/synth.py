@@ -57,7 +57,7 @@ CHAT_TEMPLATE = "".join(
 )
 
 
-def _special_ids_config(ids: dict[str, int]) -> dict[str, Any]:
+def _special_ids_config(ids: dict[str, int], pad_token: str = "<pad>") -> dict[str, Any]:
     return {
         "image_token_id": ids["<|image|>"],
         "audio_token_id": ids["<|audio|>"],
@@ -66,7 +66,7 @@ def _special_ids_config(ids: dict[str, int]) -> dict[str, Any]:
         "eoi_token_id": ids["<image|>"],
         "boa_token_id": ids["<|audio>"],
         "eoa_token_id": ids["<audio|>"],
-        "pad_token_id": ids["<pad>"],
+        "pad_token_id": ids[pad_token],
         "eos_token_id": [ids["<eos>"], ids["<turn|>"]],
     }
 
@@ -108,7 +108,7 @@ def text_config(spec: Spec, ids: dict[str, int]) -> dict[str, Any]:
         "enable_moe_block": False,
         "max_position_embeddings": 131072,
         "tie_word_embeddings": True,
-        "pad_token_id": ids["<pad>"],
+        "pad_token_id": ids[spec.pad_token],
         "bos_token_id": ids["<bos>"],
         "eos_token_id": ids["<eos>"],
         "use_bidirectional_attention": None if spec.bidirectional == "none" else "vision",
@@ -149,7 +149,7 @@ def model_config(spec: Spec, ids: dict[str, int]) -> dict[str, Any]:
         # mlx-lm copies this top-level value into text_config (default 262144, pitfall 1).
         "vocab_size": spec.vocab_size,
         "hidden_size": spec.hidden_size,
-        **_special_ids_config(ids),
+        **_special_ids_config(ids, spec.pad_token),
         "vision_soft_tokens_per_image": spec.soft_tokens,
         "tie_word_embeddings": True,
         "initializer_range": 0.02,
@@ -194,7 +194,7 @@ def tokenizer_config(spec: Spec | None = None) -> dict[str, Any]:
         "processor_class": "Gemma4Processor",
         "bos_token": "<bos>",
         "eos_token": "<eos>",
-        "pad_token": "<pad>",
+        "pad_token": spec.pad_token if spec is not None else "<pad>",
         "unk_token": "<unk>",
         "mask_token": "<mask>",
         "padding_side": "left",
