@@ -220,6 +220,9 @@ def bare_main(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import offline
+
+    offline()
     parser = argparse.ArgumentParser(prog="python -m harness.bench")
     sub = parser.add_subparsers(dest="command", required=True)
     bare = sub.add_parser("bare", help="load both paths and run their forward passes only")

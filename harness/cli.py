@@ -444,6 +444,9 @@ def _cmd_architectures(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import offline
+
+    offline()
     args = build_parser().parse_args(argv)
     if getattr(args, "architectures", False):
         args.handler = _cmd_architectures

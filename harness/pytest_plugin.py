@@ -242,6 +242,9 @@ def _marker_name(line: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("parity_cases"):
         return
+    from . import offline
+
+    offline()
     if config.getoption("numprocesses", None):
         raise pytest.UsageError(
             "--parity-cases runs each model group in one process and writes one report: "

@@ -354,6 +354,9 @@ def run_cases(
     stop and return the verdicts so far, marked incomplete. `more_follow`: the caller runs
     more model groups in later calls (the pytest plugin runs one per call): a spare worker
     is kept warm for them, which the caller releases (`worker.release_spare()`)."""
+    from . import offline
+
+    offline()
     started = utc_now()
     verdicts = [
         Verdict(

@@ -200,6 +200,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import offline
+
+    offline()
     args = _parser().parse_args(argv)
     if args.n < 1 or (args.models is not None and args.models < 1) or args.seed < 0:
         print("error: --n and --models must be >= 1, --seed >= 0", file=sys.stderr)

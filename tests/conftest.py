@@ -54,7 +54,8 @@ SHIPPED_RUN_MODULES = {"test_shipped_cases", "test_report_cli", "test_gemma4_fam
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__ if item.module else item.nodeid
+        module = getattr(item, "module", None)  # case items of --parity-cases have none
+        module = module.__name__ if module else item.nodeid
         group = "shipped" if module in SHIPPED_RUN_MODULES else module
         item.add_marker(pytest.mark.xdist_group(group))
 

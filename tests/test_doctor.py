@@ -240,7 +240,7 @@ def test_doctor_reports_a_missing_cache_and_an_online_hub(tmp_path, monkeypatch)
 # --- recording a run --------------------------------------------------------------------------
 
 
-def test_record_writes_each_case_outcome_and_the_table(tmp_path, monkeypatch):
+def test_record_writes_each_case_outcome_and_the_table(tmp_path):
     matrix = tmp_path / "tested.json"
     matrix.write_text(json.dumps({"points": [p.to_json() for p in POINTS]}))
     report = tmp_path / "report"
@@ -258,7 +258,6 @@ def test_record_writes_each_case_outcome_and_the_table(tmp_path, monkeypatch):
         {"case_id": "lfm2_vl_text", "status": "pass", "architecture": "lfm2-vl", "reason": ""},
     ]
     pd.DataFrame(rows).to_parquet(report / "parity.parquet")
-    monkeypatch.setattr("harness.matrix.build.MARKDOWN_FILE", tmp_path / "tested.md")
     point = record("oldest", report, matrix)
     assert point.cases == {
         "gemma3_one_image": {
@@ -272,6 +271,7 @@ def test_record_writes_each_case_outcome_and_the_table(tmp_path, monkeypatch):
     }
     assert load(matrix)[0].cases == point.cases and load(matrix)[1].cases == {}
     table = markdown(load(matrix))
+    assert (tmp_path / "tested.md").read_text() == table  # beside its tested.json
     assert "| **gemma3** | 1/2 pass (1 fail) | - |" in table
     assert "| **llava** | 0/1 pass (1 skip) | - |" in table
     assert "- `oldest` gemma3_one_image: fail: layer.1 differs first" in table

@@ -17,7 +17,6 @@ from harness.policy import ImportPolicy
 
 pytest_plugins = ("pytester",)
 
-TESTS = Path(__file__).resolve().parent
 MUTANT_CASE = """\
 include: gemma4_one_image.yaml
 addon: mutants:FeaturesNotDivided

@@ -127,8 +127,9 @@ def record(name: str, report_dir: Path, path: Path = MATRIX_FILE) -> Point:
     return updated
 
 
-def write_markdown(path: Path = MATRIX_FILE, out: Path = MARKDOWN_FILE) -> None:
-    out.write_text(markdown(load(path)), encoding="utf-8")
+def write_markdown(path: Path = MATRIX_FILE) -> None:
+    """tested.md beside `path`, generated from it."""
+    path.with_name(MARKDOWN_FILE.name).write_text(markdown(load(path)), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
