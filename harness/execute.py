@@ -25,7 +25,7 @@ from .patches import patched_library_classes
 from .paths import SessionOptions, resolve_session_class
 from .policy import remote_code
 from .records import Capture
-from .worker import prestart, take
+from .worker import give_back, prestart, ready, take
 
 Plan = list[tuple["SessionKey", list[tuple[CaseSpec, str]]]]
 Emit = Callable[..., None]
@@ -150,9 +150,11 @@ def execute_plan(
                     ):
                         failed.add(case.id)
             finally:
+                holds_model = getattr(session, "holds_model", True)
                 session.close()
                 del session
-                _release()
+                if holds_model:  # a full collection costs ~0.2 s; a recording needs none
+                    _release()
     emit("done")
 
 
@@ -253,25 +255,33 @@ def run_in_workers(
     timeout: float,
     prestart_next: bool = False,
     perturbations: dict | None = None,
+    reuse: bool = False,
 ) -> Outcome:
     """Run `plan` in a spawned worker; when it dies or hangs, fail what it was doing and
-    start a fresh worker for the rest. `prestart_next` warms a spare worker for the next
-    model group while this one runs."""
+    start a fresh worker for the rest. `prestart_next` keeps a worker warm for the next
+    model group: with `reuse` (the plan runs only the harness's own code) this one, when it
+    ends clean, else a spare started now, importing while this one runs."""
     outcome = Outcome()
     remaining = plan
     while remaining:
         settled = len(outcome.captures) + len(outcome.failures)
         worker = take()
-        if prestart_next:
+        if prestart_next and not reuse:
             prestart()
+        finished = False
         try:
             worker.conn.send((remaining, model_dir, keep_tensors, perturbations))
-            _follow(worker.process, worker.conn, remaining, outcome, model_dir, observe, timeout)
+            finished = _follow(
+                worker.process, worker.conn, remaining, outcome, model_dir, observe, timeout
+            )
         finally:
-            if worker.process.is_alive():
-                worker.process.kill()
-            worker.process.join()
-            worker.conn.close()
+            if finished and prestart_next and reuse and ready(worker):
+                give_back(worker)  # imports done; no code but the harness's has run there
+            else:
+                if worker.process.is_alive():
+                    worker.process.kill()
+                worker.process.join()
+                worker.conn.close()
         if len(outcome.captures) + len(outcome.failures) == settled:
             # Died before finishing anything: do not respawn forever.
             death = _death(worker.process)
@@ -290,7 +300,8 @@ def _follow(
     model_dir: Path,
     observe: Observer,
     timeout: float,
-) -> None:
+) -> bool:
+    """Apply the worker's events until its job is done (True) or it died or hung (False)."""
     loading: tuple[str, list[str]] = ("", [])  # path being loaded, and its cases
     current: tuple[str, str] | None = None  # (case id, what it was doing)
     while True:
@@ -299,16 +310,16 @@ def _follow(
             worker.join()
             what = f"timed out after {timeout:g} s"
             _fail_in_flight(outcome, current, loading, what)
-            return
+            return False
         try:
             event, *args = conn.recv()
         except EOFError:
             worker.join()
             _fail_in_flight(outcome, current, loading, f"worker {_death(worker)}")
-            return
+            return False
         _observe_event(observe, model_dir, event, *args)
         if event == "done":
-            return
+            return True
         if event == "load":
             loading, current = (args[0], [c.id for c, _ in plan[args[1]][1]]), None
         elif event == "start":

@@ -19,7 +19,14 @@ from .compare import verdict as compute_verdict
 from .envelope import delta_of
 from .execute import Outcome, Plan, SessionKey, one_line, run_in_process, run_in_workers
 from .models import ModelUnavailable, resolve_model
-from .paths import PathError, SessionOptions, resolve_session_class
+from .paths import (
+    BUILTIN,
+    PathError,
+    PathUnavailable,
+    SessionOptions,
+    check_requirements,
+    resolve_session_class,
+)
 from .paths.loading import image_token_id_of, model_type_of
 from .policy import ImportPolicy, custom_code_in
 from .records import Status, Verdict
@@ -139,6 +146,10 @@ def _session_keys(
             takes_addon = getattr(session_class, "takes_addon", True)
         except PathError as exc:
             raise CaseError(case.source, str(exc), case.id, f"paths.{role}") from None
+        try:
+            check_requirements(path, session_class)
+        except PathUnavailable as exc:
+            raise PathUnavailable(f"{case.source}: paths.{role}: {exc}") from None
         if takes_addon:
             try:
                 check_addon_name(case.addon, model_type, options.imports)
@@ -172,6 +183,9 @@ def _plan(
             keys = _session_keys(case, model_type, options)
         except CaseError as exc:
             done[case.id] = _error_verdict(case, Status.ERROR, str(exc), True)
+            continue
+        except PathUnavailable as exc:
+            done[case.id] = _error_verdict(case, Status.SKIP, str(exc))
             continue
         for key, role in keys:
             plan.setdefault(key, []).append((case, role))
@@ -268,9 +282,30 @@ def _execute(
 ) -> Outcome:
     if options.isolation == "process":
         return run_in_workers(
-            plan, model_dir, keep_tensors, observe, options.timeout, more, perturbations
+            plan,
+            model_dir,
+            keep_tensors,
+            observe,
+            options.timeout,
+            more,
+            perturbations,
+            reuse=_harness_code_only(plan),
         )
     return run_in_process(plan, model_dir, keep_tensors, observe, perturbations)
+
+
+def _harness_code_only(plan: Plan) -> bool:
+    """Whether the plan runs only the harness's own paths and add-ons on the libraries (no
+    code allowed from the command line, no checkpoint code): its worker may then serve the
+    next model group. Code from elsewhere always gets a fresh process per group."""
+    from .addons import is_builtin
+
+    return all(
+        key.path in BUILTIN
+        and (key.options.addon is None or is_builtin(key.options.addon))
+        and not key.options.trust_remote_code
+        for key, _ in plan
+    )
 
 
 def _add_envelopes(

@@ -50,10 +50,13 @@ def _serve(conn: Any) -> None:
     transformers_logging.set_verbosity_error()  # deprecation chatter is not a CI log line
 
     from .execute import execute_plan
+    from .patches import patched_library_classes
 
-    job = conn.recv()
-    if job is not None:
+    # Jobs until told to stop. After each, say whether this process is still as a fresh
+    # one would be (no library class replaced): the parent hands only such a worker on.
+    while (job := conn.recv()) is not None:
         execute_plan(*job, emit=lambda *event: conn.send(event))
+        conn.send(("ready", not patched_library_classes()))
     conn.close()
 
 
@@ -79,6 +82,27 @@ def take() -> Worker:
     if worker is None or not worker.process.is_alive():
         worker = _start()
     return worker
+
+
+def give_back(worker: Worker) -> None:
+    """A worker that finished a job and may serve the next (see `ready`): it becomes the
+    spare, which it beats (its imports are done, and more of them); a spare started in the
+    meantime is stopped."""
+    global _spare
+    if _spare is not None and _spare is not worker:
+        release_spare()
+    _spare = worker
+
+
+def ready(worker: Worker, timeout: float = 30.0) -> bool:
+    """After a job's last event: whether the worker says it is still clean."""
+    try:
+        if worker.conn.poll(timeout):
+            event, *args = worker.conn.recv()
+            return event == "ready" and bool(args and args[0])
+    except (EOFError, OSError):
+        pass
+    return False
 
 
 def release_spare() -> None:

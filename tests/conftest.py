@@ -3,6 +3,7 @@ starts from nothing exactly as a fresh clone does; heavy runs are session-scoped
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -47,17 +48,54 @@ def shipped_run(synth_cache: Path):
     return run(TOP_LEVEL_CASES)
 
 
-# Modules sharing the session's `shipped_run` go to one xdist worker; every other module
-# is a group of its own, so its module-scoped run happens once (`--dist loadgroup`).
+# xdist work units (`make test` runs `--dist loadgroup`): a module is one unit, so its
+# module-scoped run happens once; the modules sharing the session's `shipped_run` are one
+# unit together. Grouped here, not by `xdist_group` marks: pytest >= 9.2 no longer lets
+# xdist rewrite node ids, so its marks silently stop grouping (pytest-dev/pytest-xdist#1386).
 SHIPPED_RUN_MODULES = {"test_shipped_cases", "test_report_cli", "test_gemma4_families"}
+
+# Units handed out longest first (measured with --durations), so that no long unit starts
+# last while the other worker idles; the rest follow in file order.
+LONGEST_FIRST = (
+    "shipped",
+    "test_gemma3",
+    "test_gemma3n",
+    "test_verdicts",
+    "test_llava",
+    "test_lfm2_vl",
+    "test_mistral3",
+    "test_idefics3",
+    "test_qwen3_vl",
+    "test_untrusted",
+    "test_isolation",
+    "test_mutants",
+    "test_pixtral",
+    "test_attention_mask",
+)
+
+
+def _unit(nodeid: str) -> str:
+    stem = Path(nodeid.split("::", 1)[0]).stem
+    return "shipped" if stem in SHIPPED_RUN_MODULES else stem
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        module = getattr(item, "module", None)  # case items of --parity-cases have none
-        module = module.__name__ if module else item.nodeid
-        group = "shipped" if module in SHIPPED_RUN_MODULES else module
-        item.add_marker(pytest.mark.xdist_group(group))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))  # stable
+
+
+if importlib.util.find_spec("xdist"):  # a hook pytest would refuse without the plugin
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log):
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ModuleUnits(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return _unit(nodeid)
+
+        return ModuleUnits(config, log)
 
 
 def verdict_of(run, case_id: str):

@@ -79,3 +79,66 @@ def test_a_patch_imported_earlier_never_passes_as_unpatched(tmp_path, monkeypatc
         assert text.status is Status.PASS, text.reason
     patched = [p for p in patched_library_classes() if "patching_addon" in p]
     assert bool(patched) is (isolation == "none")  # workers never patch this process
+
+
+# --- a worker serving several model groups ---------------------------------------------------
+
+
+def _text_case(tmp_path, name: str, hidden: int, addon: str = "gemma4"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"model: {{synth: gemma4, options: {json.dumps({'hidden_size': hidden, 'seed': 0})}}}\n"
+        f"addon: '{addon}'\nprofile: exact\ndecode_steps: 0\n"
+        "messages: [{role: user, content: 'Hello, how are you?'}]\n"
+    )
+    return load_case(path)
+
+
+def _worker_pids(monkeypatch) -> list[int]:
+    """The pid of the worker each model group (and each restart) was handed."""
+    import harness.execute as execute
+
+    pids: list[int] = []
+    take = execute.take
+
+    def recording_take():
+        worker = take()
+        pids.append(worker.process.pid)
+        return worker
+
+    monkeypatch.setattr(execute, "take", recording_take)
+    return pids
+
+
+def test_a_worker_serves_the_next_group_only_after_nothing_but_harness_code(
+    tmp_path, monkeypatch
+):
+    """The import of the MLX stack (~8 s) is paid once for groups that run only built-in
+    paths and add-ons; a group that ran code allowed from the command line retires its
+    worker, so the next group starts in a fresh process."""
+    pids = _worker_pids(monkeypatch)
+    builtin = [_text_case(tmp_path, f"builtin_{h}", h) for h in (48, 64)]
+    result = run_cases(builtin)
+    assert [v.status for v in result.verdicts] == [Status.PASS] * 2
+    assert len(pids) == 2 and pids[0] == pids[1], pids
+
+    pids.clear()
+    external = _text_case(tmp_path, "external", 48, "mutants:EngineStyle")
+    options = RunOptions(imports=ImportPolicy(("mutants",)))
+    result = run_cases([external, builtin[1]], options=options)
+    assert len(pids) == 2 and pids[0] != pids[1], pids
+
+
+def test_a_worker_whose_libraries_were_patched_is_never_handed_on(tmp_path, monkeypatch):
+    """Even where reuse is allowed, a worker that ends a job with a library class replaced
+    says so and is stopped: the next group's unpatched path runs in a fresh process."""
+    import harness.runner as runner
+
+    monkeypatch.setattr(runner, "_harness_code_only", lambda plan: True)
+    (tmp_path / "patching_addon.py").write_text(PATCHING_ADDON)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pids = _worker_pids(monkeypatch)
+    options = RunOptions(imports=ImportPolicy(("patching_addon",)))
+    verdicts = {v.case_id: v for v in run_cases(_cases(tmp_path), options=options).verdicts}
+    assert verdicts["text_patch"].status is Status.PASS, verdicts["text_patch"].reason
+    assert len(pids) == 2 and pids[0] != pids[1], pids

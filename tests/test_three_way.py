@@ -174,3 +174,26 @@ def test_decode_steps_after_different_tokens_are_marked_not_compared():
     assert cells[("tokens", "mlx-vlm~transformers")] == "fail"
     assert cells[("decode.1", "mlx-vlm~unified")] == "ok"
     assert "(not compared)" in markdown([v])
+
+
+# --- a path whose optional dependency is absent --------------------------------------------
+
+
+def test_a_path_missing_its_optional_dependency_skips_its_cases_with_the_reason(monkeypatch):
+    """Without torch, the three-way cases are skipped (how to install it is the reason),
+    not errored; the case's other work is not attempted."""
+    from harness.paths import PathUnavailable, check_requirements
+    from harness.paths.transformers_path import TransformersSession
+    from harness.runner import run
+
+    monkeypatch.setattr(TransformersSession, "requires", ("mlx_parity_absent_module",))
+    with pytest.raises(PathUnavailable, match="mlx_parity_absent_module, not installed"):
+        check_requirements("transformers", TransformersSession)
+    text_case = CASES / "three_way" / "three_way_gemma4_text.yaml"
+    result = run([text_case])
+    (v,) = result.verdicts
+    assert v.status is Status.SKIP
+    assert "paths.third" in v.reason and "mlx-parity[torch]" in v.reason
+    assert v.reason.startswith(str(text_case)) or text_case.name in v.reason
+    monkeypatch.setattr(TransformersSession, "requires", ("torch",))
+    check_requirements("transformers", TransformersSession)  # present here: no skip

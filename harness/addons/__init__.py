@@ -36,6 +36,12 @@ def _external(name: str) -> bool:
     return ":" in name or name in registered("addon")
 
 
+def is_builtin(name: str) -> bool:
+    """An add-on of the harness's own (harness/architectures/<name>/addon.py), not code
+    from elsewhere."""
+    return not _external(name)
+
+
 NO_IMPORTS = ImportPolicy()
 
 

@@ -11,6 +11,7 @@ engine can gate its own pipeline, when the person running the gate allowed its m
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +42,30 @@ class PathError(Exception):
     `field` names the case field at fault, if any; such errors are configuration errors."""
 
     field: str | None = None
+
+
+class PathUnavailable(Exception):
+    """A path needs an optional dependency this machine lacks: its cases are skipped with
+    this reason (as a real checkpoint that is not here), not errored."""
+
+
+def check_requirements(name: str, session_class: type) -> None:
+    """A session class may name the modules it needs (`requires`) and how to get them
+    (`install_hint`); raises PathUnavailable when one cannot be found."""
+    missing = [m for m in getattr(session_class, "requires", ()) if not _importable(m)]
+    if missing:
+        hint = getattr(session_class, "install_hint", "")
+        raise PathUnavailable(
+            f"path {name!r} needs {', '.join(missing)}, not installed"
+            + (f" ({hint})" if hint else "")
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class RecordingUnusable(PathError):
 class GoldenSession:
     name = "golden"
     takes_addon = False
+    holds_model = False  # nothing for the executor to release after it
 
     def __init__(self, model_dir: Path, options: SessionOptions) -> None:
         from .. import provenance

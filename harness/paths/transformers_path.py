@@ -225,6 +225,8 @@ class TransformersSession:
     name = "transformers"
     takes_addon = False
     dtype = "float32"
+    requires = ("torch",)
+    install_hint = "pip install 'mlx-parity[torch]'"
 
     def __init__(self, model_dir: Path, options: SessionOptions) -> None:
         torch = _torch()
