@@ -115,8 +115,12 @@ def layer_figure(frame: pd.DataFrame) -> Figure | None:
                 linestyle="",
                 label="hollow: last position only",
             )
+        # Limits before the log scale: an all-bit-exact panel has one y value, which
+        # matplotlib cannot autoscale on a log axis (a warning on every bit-exact run).
+        values = rows.value.to_numpy(dtype=float)
+        top = max([floor, *values[np.isfinite(values)], *thresholds]) * 10
+        ax.set_ylim(floor / 2, top)
         ax.set_yscale("log")
-        ax.set_ylim(bottom=floor / 2)
         ax.set_xlabel("decoder layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{metric} (log scale)")

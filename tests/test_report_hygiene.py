@@ -530,3 +530,21 @@ def test_notebook_executes_on_a_hand_built_report(tmp_path, monkeypatch):
         if o.output_type == "display_data" and "image/png" in o.get("data", {})
     ]
     assert len(images) >= 3  # per-stage panels, per-layer plot, a heatmap
+
+
+def test_an_all_bit_exact_layer_figure_draws_without_warnings():
+    """Every layer 0 under an exact gate (threshold 0): one y value on a log axis, which
+    matplotlib would otherwise warn about on every passing `make parity`."""
+    import warnings
+
+    checks = _layer_checks("exact", [0.0] * 5, threshold=0.0)
+    passing = Verdict(
+        "exact", "exact.yaml", Status.PASS, tuple(checks), reference="a", candidate="b"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = plots.layer_figure(to_frame(_run(passing)))
+    assert figure is not None
+    for ax in figure.axes[: len(plots.LAYER_METRICS)]:
+        low, high = ax.get_ylim()
+        assert 0 < low < high
