@@ -91,17 +91,30 @@ def decode_suite(template: Path, workdir: Path, steps: int, rounds: int = 3) -> 
 
 def same_path_suite(template: Path, workdir: Path, rounds: int = 3) -> dict[str, float]:
     """Extra wall time of each same-path check, in units of one plain capture (the
-    marginal cost of a second copy of the case)."""
+    marginal cost of a second copy of the case): the session-state check (its warm-up
+    prompts and the second capture) and the prompt-cache restore (prefix prefill, save,
+    load in a fresh cache, suffix), each against the same case without it."""
     plain = _with(template, workdir / "p", decode_steps=0)
     twice = [plain, _with(template, workdir / "p2", decode_steps=0)]
     twice[1].write_text(twice[1].read_text().replace("id: bench", "id: bench2", 1))
     state = _with(template, workdir / "s", decode_steps=0, session_state=True)
+    # The restore needs a prompt of several chunks: a 16-token step, the cut 32 tokens in.
+    chunked = _with(template, workdir / "k", decode_steps=0, prefill_step_size=16)
+    cache = _with(
+        template,
+        workdir / "c",
+        decode_steps=0,
+        prefill_step_size=16,
+        prompt_cache={"prefix_chunks": 2},
+    )
     runs: dict[str, list[Measurement]] = {}
     for _ in range(rounds):
         for name, argv in (
             ("plain", harness_command([plain], workdir / "rp")),
             ("twice", harness_command(twice, workdir / "r2")),
             ("session_state", harness_command([state], workdir / "rs")),
+            ("chunked", harness_command([chunked], workdir / "rk")),
+            ("prompt_cache", harness_command([cache], workdir / "rc")),
         ):
             runs.setdefault(name, []).append(measure(argv))
     m = {k: median_of(v).wall_s for k, v in runs.items()}
@@ -110,4 +123,6 @@ def same_path_suite(template: Path, workdir: Path, rounds: int = 3) -> dict[str,
         "one_capture_s": capture,
         "session_state_extra_s": m["session_state"] - m["plain"],
         "session_state_in_captures": (m["session_state"] - m["plain"]) / capture,
+        "prompt_cache_extra_s": m["prompt_cache"] - m["chunked"],
+        "prompt_cache_in_captures": (m["prompt_cache"] - m["chunked"]) / capture,
     }

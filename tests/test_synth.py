@@ -60,3 +60,37 @@ def test_checkpoint_loads_in_both_libraries_with_the_expected_shapes():
     assert not text_model.language_model.model.hidden_size_per_layer_input
     assert processor.image_token_id == vlm_model.config.image_token_id
     assert len(tokenizer.encode("<|image|>", add_special_tokens=False)) == 1
+
+
+# --- the warm builder behind a run's cache misses -------------------------------------------
+
+
+def test_a_warm_builder_builds_the_bytes_a_fresh_one_builds(tmp_path, monkeypatch):
+    """Builds of a run share one builder process (its imports paid once): a checkpoint
+    built after other architectures' builds there is byte-identical to one built by a
+    fresh builder, and the builder is reused."""
+    import harness.synth as synth
+
+    synth._drop_builder()
+    wanted = ("llava", {"seed": 3, "quantize_bits": 4})
+    monkeypatch.setenv("MLX_PARITY_CACHE", str(tmp_path / "fresh"))
+    fresh = synth.ensure_checkpoint_within(*wanted, timeout=600)
+    pid = synth._builder[0].pid
+    monkeypatch.setenv("MLX_PARITY_CACHE", str(tmp_path / "warm"))
+    for other in (("gemma3", {"seed": 5}), ("qwen3_vl", {}), ("llava", {"seed": 4})):
+        synth.ensure_checkpoint_within(*other, timeout=600)
+    warm = synth.ensure_checkpoint_within(*wanted, timeout=600)
+    assert synth._builder[0].pid == pid
+    assert warm.parent == tmp_path / "warm" / "synth"  # the cache the parent names now
+    assert _files(fresh) == _files(warm) and "model.safetensors" in _files(warm)
+
+
+def test_a_build_over_its_timeout_costs_only_that_build(tmp_path, monkeypatch):
+    import harness.synth as synth
+
+    monkeypatch.setenv("MLX_PARITY_CACHE", str(tmp_path))
+    with pytest.raises(synth.SynthesisTimeout, match="longer than 0.01 s"):
+        synth.ensure_checkpoint_within("gemma3", {"seed": 7}, timeout=0.01)
+    assert synth._builder is None  # stopped mid-build: never handed another build
+    path = synth.ensure_checkpoint_within("gemma3", {"seed": 7}, timeout=600)
+    assert (path / COMPLETE_MARKER).exists()

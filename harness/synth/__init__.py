@@ -182,42 +182,79 @@ def _build_in_child(model_type: str, options: dict, conn: Any) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def ensure_checkpoint_within(
-    model_type: str, options: Mapping[str, Any], timeout: float
-) -> Path:
-    """`ensure_checkpoint`, with a build (a cache miss) run in a child process killed after
-    `timeout` seconds: a case asking for a large preset, or a build that crashes, costs
-    that case only, never the run."""
-    import multiprocessing
+def _serve_builds(conn: Any) -> None:
+    """A builder process: builds until told to stop. It stays warm between builds, so the
+    MLX stack a synthesizer needs (~6 s of imports) is imported once per run, not once per
+    checkpoint; each build is seeded by its own spec and depends on nothing earlier."""
+    import signal
+    import threading
 
+    from ..worker import exit_when_orphaned
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    while (job := conn.recv()) is not None:
+        model_type, options, cache = job
+        if cache is None:  # where the parent's cache is now (tests move it)
+            os.environ.pop("MLX_PARITY_CACHE", None)
+        else:
+            os.environ["MLX_PARITY_CACHE"] = cache
+        _build_in_child(model_type, options, conn)
+
+
+_builder: tuple[Any, Any] | None = None  # (process, connection) of the warm builder
+
+
+def _take_builder() -> tuple[Any, Any]:
+    global _builder
+    if _builder is None or not _builder[0].is_alive():
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe(duplex=True)
+        process = context.Process(target=_serve_builds, args=(child,), daemon=True)
+        process.start()
+        child.close()
+        _builder = (process, parent)
+    return _builder
+
+
+def _drop_builder() -> None:
+    global _builder
+    if _builder is not None:
+        process, conn = _builder
+        if process.is_alive():
+            process.kill()
+        process.join()
+        conn.close()
+        _builder = None
+
+
+def ensure_checkpoint_within(model_type: str, options: Mapping[str, Any], timeout: float) -> Path:
+    """`ensure_checkpoint`, with a build (a cache miss) run in a builder process killed
+    after `timeout` seconds: a case asking for a large preset, or a build that crashes,
+    costs that case only, never the run (the next build gets a fresh builder)."""
     cached = cached_checkpoint(model_type, options)
     if cached is not None:
         return cached
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_build_in_child, args=(model_type, dict(options), child), daemon=True
-    )
-    process.start()
-    child.close()
+    process, conn = _take_builder()
     try:
-        if not parent.poll(timeout):
+        conn.send((model_type, dict(options), os.environ.get("MLX_PARITY_CACHE")))
+        if not conn.poll(timeout):
+            _drop_builder()
             raise SynthesisTimeout(
                 f"building the {model_type} checkpoint took longer than {timeout:g} s "
                 "(--timeout); build it once with `mlx-parity synth` to cache it"
             )
-        try:
-            status, payload = parent.recv()
-        except EOFError:
-            process.join()
-            raise SynthesisError(
-                f"the {model_type} synthesizer died (exit code {process.exitcode})"
-            ) from None
-    finally:
-        if process.is_alive():
-            process.kill()
+        status, payload = conn.recv()
+    except (EOFError, OSError):
         process.join()
-        parent.close()
+        code = process.exitcode
+        _drop_builder()
+        raise SynthesisError(f"the {model_type} synthesizer died (exit code {code})") from None
+    except BaseException:  # interrupted mid-build: the builder's state is unknown
+        _drop_builder()
+        raise
     if status != "ok":
         raise SynthesisError(payload)
     return Path(payload)
