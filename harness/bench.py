@@ -66,14 +66,23 @@ class _BareNative:
     def __init__(self, model_dir: Path, case: Any) -> None:
         import mlx_vlm
 
+        from .paths.loading import apply_library_fixes, model_type_of
+
+        # What any script needs to run mlx-vlm here (e.g. LLaVA's processor under
+        # transformers 5), not harness overhead.
+        apply_library_fixes(model_type_of(model_dir))
         self.model, self.processor = mlx_vlm.load(str(model_dir))
+        # Processors without a chat template (Gemma 3) render with the tokenizer's.
+        self.renderer = self.processor
+        if getattr(self.renderer, "chat_template", None) is None:
+            self.renderer = getattr(self.processor, "tokenizer", self.processor)
 
     def forward(self, case: Any) -> float:
         from mlx_vlm.generate import generate_step
         from mlx_vlm.utils import prepare_inputs
 
         start = time.perf_counter()
-        prompt = self.processor.apply_chat_template(
+        prompt = self.renderer.apply_chat_template(
             case.template_messages(),
             tokenize=False,
             add_generation_prompt=True,
@@ -131,6 +140,9 @@ class _BareUnified:
         from mlx_lm.generate import generate_step
 
         start = time.perf_counter()
+        clear = getattr(self.addon, "clear_prediction_state", None)
+        if callable(clear):  # a new request, as the unified path starts each one
+            clear(self.model)
         text = self.tokenizer.apply_chat_template(
             case.template_messages(),
             tokenize=False,

@@ -6,8 +6,9 @@ restore) against a plain capture. The pytest-benchmark module stays thin and cal
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+import yaml
 
 from .bench import Measurement, bare_command, harness_command, measure, median_of
 
@@ -58,10 +59,11 @@ def architecture_suite(cases_root: Path, workdir: Path) -> dict[str, dict[str, f
 
 
 def _with(template: Path, directory: Path, **fields: object) -> Path:
+    """`template` with `fields` set (replacing its own), as case `bench`."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "case.yaml"
-    extra = "".join(f"{k}: {json.dumps(v)}\n" for k, v in fields.items())
-    path.write_text(f"id: bench\n{extra}{template.read_text()}")
+    case = {**yaml.safe_load(template.read_text()), "id": "bench", **fields}
+    path.write_text(yaml.safe_dump(case, sort_keys=False))
     return path
 
 
@@ -95,8 +97,7 @@ def same_path_suite(template: Path, workdir: Path, rounds: int = 3) -> dict[str,
     prompts and the second capture) and the prompt-cache restore (prefix prefill, save,
     load in a fresh cache, suffix), each against the same case without it."""
     plain = _with(template, workdir / "p", decode_steps=0)
-    twice = [plain, _with(template, workdir / "p2", decode_steps=0)]
-    twice[1].write_text(twice[1].read_text().replace("id: bench", "id: bench2", 1))
+    twice = [plain, _with(template, workdir / "p2", decode_steps=0, id="bench2")]
     state = _with(template, workdir / "s", decode_steps=0, session_state=True)
     # The restore needs a prompt of several chunks: a 16-token step, the cut 32 tokens in.
     chunked = _with(template, workdir / "k", decode_steps=0, prefill_step_size=16)
