@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from harness.synth import checks
 from harness.synth.files import build_checkpoint
 from harness.synth.presets import PresetSpec
 
@@ -174,20 +175,9 @@ class Spec(PresetSpec):
             )
         return value
 
-    @field_validator("num_kv_heads")
-    @classmethod
-    def _kv_heads_divide(cls, value: int, info: ValidationInfo) -> int:
-        heads = info.data.get("num_heads")
-        if heads is not None and heads % value:
-            raise ValueError(f"must divide num_heads ({heads}), got {value}")
-        return value
+    _kv_heads_divide = checks.kv_heads_divide()
 
-    @field_validator("head_dim")
-    @classmethod
-    def _even_head_dim(cls, value: int) -> int:
-        if value % 2:
-            raise ValueError(f"must be even (RoPE rotates pairs of dimensions), got {value}")
-        return value
+    _even_head_dim = checks.even_head_dim()
 
     @field_validator("vocab_size")
     @classmethod
@@ -200,28 +190,9 @@ class Spec(PresetSpec):
             )
         return value
 
-    @field_validator("vision_heads")
-    @classmethod
-    def _vision_heads_divide(cls, value: int, info: ValidationInfo) -> int:
-        hidden = info.data.get("vision_hidden_size")
-        if hidden is not None and hidden % value:
-            raise ValueError(f"must divide vision_hidden_size ({hidden}), got {value}")
-        return value
+    _vision_heads_divide = checks.vision_heads_divide()
 
-    @field_validator("patch_size")
-    @classmethod
-    def _patch_grid(cls, value: int, info: ValidationInfo) -> int:
-        size, hidden = info.data.get("image_size"), info.data.get("vision_hidden_size")
-        if size is not None and size % value:
-            raise ValueError(f"must divide image_size ({size}), got {value}")
-        if hidden is not None and hidden < value:
-            # mlx-vlm's sanitize takes a conv weight whose out_channels < kernel size for a
-            # PyTorch-layout one and transposes it.
-            raise ValueError(
-                f"must not exceed vision_hidden_size ({hidden}): mlx-vlm would transpose "
-                f"the patch embedding, got {value}"
-            )
-        return value
+    _patch_grid = checks.patch_grid()
 
     @field_validator("mm_tokens_per_image")
     @classmethod

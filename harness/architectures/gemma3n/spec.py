@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from ...synth import checks
 from ...synth.presets import PresetSpec
 
 BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
@@ -166,20 +167,9 @@ class Spec(PresetSpec):
             raise ValueError(f"must not exceed num_layers ({layers}), got {value}")
         return value
 
-    @field_validator("num_kv_heads")
-    @classmethod
-    def _kv_heads_divide(cls, value: int, info: ValidationInfo) -> int:
-        heads = info.data.get("num_heads")
-        if heads is not None and heads % value:
-            raise ValueError(f"must divide num_heads ({heads}), got {value}")
-        return value
+    _kv_heads_divide = checks.kv_heads_divide()
 
-    @field_validator("head_dim")
-    @classmethod
-    def _even_head_dim(cls, value: int) -> int:
-        if value % 2:
-            raise ValueError(f"must be even (RoPE rotates pairs of dimensions), got {value}")
-        return value
+    _even_head_dim = checks.even_head_dim()
 
     @field_validator("image_size")
     @classmethod

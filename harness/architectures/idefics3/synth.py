@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal
 import mlx.nn as nn
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from harness.synth import checks
 from harness.synth.files import build_checkpoint
 from harness.synth.presets import PresetSpec
 
@@ -142,13 +143,7 @@ class Spec(PresetSpec):
             )
         return value
 
-    @field_validator("vision_heads")
-    @classmethod
-    def _vision_heads_divide(cls, value: int, info: ValidationInfo) -> int:
-        hidden = info.data.get("vision_hidden_size")
-        if hidden is not None and hidden % value:
-            raise ValueError(f"must divide vision_hidden_size ({hidden}), got {value}")
-        return value
+    _vision_heads_divide = checks.vision_heads_divide()
 
     @field_validator("patch_size")
     @classmethod

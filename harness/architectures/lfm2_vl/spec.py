@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from harness.synth import checks
 from harness.synth.presets import PresetSpec
 
 __all__ = ["PRESETS", "Spec"]
@@ -131,21 +132,9 @@ class Spec(PresetSpec):
             )
         return value
 
-    @field_validator("num_kv_heads")
-    @classmethod
-    def _kv_heads_divide(cls, value: int, info: ValidationInfo) -> int:
-        heads = info.data.get("num_heads")
-        if heads is not None and heads % value:
-            raise ValueError(f"must divide num_heads ({heads}), got {value}")
-        return value
+    _kv_heads_divide = checks.kv_heads_divide()
 
-    @field_validator("vision_heads")
-    @classmethod
-    def _vision_heads_divide(cls, value: int, info: ValidationInfo) -> int:
-        hidden = info.data.get("vision_hidden_size")
-        if hidden is not None and hidden % value:
-            raise ValueError(f"must divide vision_hidden_size ({hidden}), got {value}")
-        return value
+    _vision_heads_divide = checks.vision_heads_divide()
 
     @field_validator("max_image_tokens")
     @classmethod

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from harness.synth import checks
 from harness.synth.files import build_checkpoint
 from harness.synth.presets import PresetSpec
 
@@ -147,20 +148,9 @@ class SpecBase(PresetSpec):
         "published Mistral tokenizers do (the chat template renders one as well)",
     )
 
-    @field_validator("num_kv_heads")
-    @classmethod
-    def _kv_heads_divide(cls, value: int, info: ValidationInfo) -> int:
-        heads = info.data.get("num_heads")
-        if heads is not None and heads % value:
-            raise ValueError(f"must divide num_heads ({heads}), got {value}")
-        return value
+    _kv_heads_divide = checks.kv_heads_divide()
 
-    @field_validator("head_dim")
-    @classmethod
-    def _even_head_dim(cls, value: int) -> int:
-        if value % 2:
-            raise ValueError(f"must be even (RoPE rotates pairs of dimensions), got {value}")
-        return value
+    _even_head_dim = checks.even_head_dim()
 
     @field_validator("vision_heads")
     @classmethod

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from harness.synth import checks
 from harness.synth.files import QUANT_GROUP
 from harness.synth.presets import PresetSpec
 
@@ -132,13 +133,7 @@ class Spec(PresetSpec):
             )
         return value
 
-    @field_validator("num_kv_heads")
-    @classmethod
-    def _kv_heads_divide(cls, value: int, info: ValidationInfo) -> int:
-        heads = info.data.get("num_heads")
-        if heads is not None and heads % value:
-            raise ValueError(f"must divide num_heads ({heads}), got {value}")
-        return value
+    _kv_heads_divide = checks.kv_heads_divide()
 
     @field_validator("mrope_section")
     @classmethod
