@@ -6,6 +6,8 @@ restore) against a plain capture. The pytest-benchmark module stays thin and cal
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
 import yaml
@@ -67,20 +69,36 @@ def _with(template: Path, directory: Path, **fields: object) -> Path:
     return path
 
 
+def _capture_seconds(report_dir: Path) -> float:
+    """Both paths' capture time of the run's one case (its JUnit testcase time): the
+    generation loops with the harness's probes, without process start, loads or report."""
+    from xml.etree import ElementTree
+
+    (case,) = ElementTree.parse(report_dir / "parity.junit.xml").iter("testcase")
+    return float(case.get("time", "nan"))
+
+
+def _forward_seconds(stdout: str) -> float:
+    """Both paths' generation time in the bare script (its JSON line), fastest repeat."""
+    seconds = json.loads(stdout.strip().splitlines()[-1])
+    return sum(min(values) for values in seconds.values())
+
+
 def decode_suite(template: Path, workdir: Path, steps: int, rounds: int = 3) -> dict[str, float]:
-    """Marginal cost of one decode step: (N steps - 0 steps) / N, harness against bare."""
+    """Marginal cost of one decode step, harness against bare: (N steps - 0 steps) / N of
+    the generation loops' own time on both sides (process start and loads cost seconds
+    and vary by more than the steps do)."""
     zero = _with(template, workdir / "d0", decode_steps=0)
     many = _with(template, workdir / "dn", decode_steps=steps)
-    runs: dict[str, list[Measurement]] = {}
+    times: dict[str, list[float]] = {}
     for _ in range(rounds):
-        for name, argv in (
-            ("h0", harness_command([zero], workdir / "r0")),
-            ("hn", harness_command([many], workdir / "rn")),
-            ("b0", bare_command(zero, "--tokens", "1")),
-            ("bn", bare_command(zero, "--tokens", str(steps + 1))),
-        ):
-            runs.setdefault(name, []).append(measure(argv))
-    m = {k: median_of(v).wall_s for k, v in runs.items()}
+        for name, case, report in (("h0", zero, "r0"), ("hn", many, "rn")):
+            measure(harness_command([case], workdir / report))
+            times.setdefault(name, []).append(_capture_seconds(workdir / report))
+        for name, tokens in (("b0", 1), ("bn", steps + 1)):
+            bare = measure(bare_command(zero, "--tokens", str(tokens), "--repeat", "3"))
+            times.setdefault(name, []).append(_forward_seconds(bare.stdout))
+    m = {k: statistics.median(v) for k, v in times.items()}
     harness_step = (m["hn"] - m["h0"]) / steps
     bare_step = (m["bn"] - m["b0"]) / steps
     return {
