@@ -265,19 +265,23 @@ def run_in_workers(
     remaining = plan
     while remaining:
         settled = len(outcome.captures) + len(outcome.failures)
-        worker = take()
+        worker = take(pristine=not reuse)
         if prestart_next and not reuse:
             prestart()
-        finished = False
+        finished = handed_on = False
         try:
             worker.conn.send((remaining, model_dir, keep_tensors, perturbations))
             finished = _follow(
                 worker.process, worker.conn, remaining, outcome, model_dir, observe, timeout
             )
+            # Handed on: imports done, only the harness's code ran there, and nothing
+            # failed but case files (an out-of-memory error may leave a process degraded).
+            failed = set(outcome.failures) - outcome.config_failures
+            if finished and prestart_next and reuse and not failed and ready(worker):
+                give_back(worker)
+                handed_on = True
         finally:
-            if finished and prestart_next and reuse and ready(worker):
-                give_back(worker)  # imports done; no code but the harness's has run there
-            else:
+            if not handed_on:
                 if worker.process.is_alive():
                     worker.process.kill()
                 worker.process.join()

@@ -289,12 +289,12 @@ def _execute(
             options.timeout,
             more,
             perturbations,
-            reuse=_harness_code_only(plan),
+            reuse=_harness_code_only(plan, model_type_of(model_dir)),
         )
     return run_in_process(plan, model_dir, keep_tensors, observe, perturbations)
 
 
-def _harness_code_only(plan: Plan) -> bool:
+def _harness_code_only(plan: Plan, model_type: str) -> bool:
     """Whether the plan runs only the harness's own paths and add-ons on the libraries (no
     code allowed from the command line, no checkpoint code): its worker may then serve the
     next model group. Code from elsewhere always gets a fresh process per group."""
@@ -302,7 +302,10 @@ def _harness_code_only(plan: Plan) -> bool:
 
     return all(
         key.path in BUILTIN
-        and (key.options.addon is None or is_builtin(key.options.addon))
+        and (
+            key.options.addon is None
+            or is_builtin(key.options.addon, model_type, key.options.imports)
+        )
         and not key.options.trust_remote_code
         for key, _ in plan
     )

@@ -21,6 +21,10 @@ _spare: Worker | None = None
 class Worker:
     process: Any
     conn: Any
+    # No library fix applied in it yet (harness.paths.loading.apply_library_fixes): what a
+    # group running code from elsewhere must get, so that its results do not depend on
+    # which group ran before it.
+    pristine: bool = True
 
 
 def exit_when_orphaned(parent: int) -> None:
@@ -51,12 +55,13 @@ def _serve(conn: Any) -> None:
 
     from .execute import execute_plan
     from .patches import patched_library_classes
+    from .paths.loading import fixes_applied
 
     # Jobs until told to stop. After each, say whether this process is still as a fresh
     # one would be (no library class replaced): the parent hands only such a worker on.
     while (job := conn.recv()) is not None:
         execute_plan(*job, emit=lambda *event: conn.send(event))
-        conn.send(("ready", not patched_library_classes()))
+        conn.send(("ready", not patched_library_classes(), not fixes_applied()))
     conn.close()
 
 
@@ -75,9 +80,12 @@ def prestart() -> None:
         _spare = _start()
 
 
-def take() -> Worker:
-    """The spare worker if one is warm, else a fresh one."""
+def take(pristine: bool = False) -> Worker:
+    """The spare worker if one is warm (and, when `pristine` is asked, no library fix was
+    applied in it), else a fresh one."""
     global _spare
+    if _spare is not None and pristine and not _spare.pristine:
+        release_spare()
     worker, _spare = _spare, None
     if worker is None or not worker.process.is_alive():
         worker = _start()
@@ -95,11 +103,14 @@ def give_back(worker: Worker) -> None:
 
 
 def ready(worker: Worker, timeout: float = 30.0) -> bool:
-    """After a job's last event: whether the worker says it is still clean."""
+    """After a job's last event: whether the worker says it is still clean (no library
+    class replaced); records whether it is still pristine."""
     try:
         if worker.conn.poll(timeout):
             event, *args = worker.conn.recv()
-            return event == "ready" and bool(args and args[0])
+            if event == "ready" and len(args) == 2:
+                worker.pristine = bool(args[1])
+                return bool(args[0])
     except (EOFError, OSError):
         pass
     return False

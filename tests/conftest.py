@@ -84,8 +84,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))  # stable
 
 
-if importlib.util.find_spec("xdist"):  # a hook pytest would refuse without the plugin
+if importlib.util.find_spec("xdist"):
 
+    @pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist: an unknown hook, ignored
     def pytest_xdist_make_scheduler(config: pytest.Config, log):
         if config.getvalue("dist") != "loadgroup":
             return None

@@ -101,8 +101,8 @@ def _worker_pids(monkeypatch) -> list[int]:
     pids: list[int] = []
     take = execute.take
 
-    def recording_take():
-        worker = take()
+    def recording_take(**kwargs):
+        worker = take(**kwargs)
         pids.append(worker.process.pid)
         return worker
 
@@ -134,7 +134,7 @@ def test_a_worker_whose_libraries_were_patched_is_never_handed_on(tmp_path, monk
     says so and is stopped: the next group's unpatched path runs in a fresh process."""
     import harness.runner as runner
 
-    monkeypatch.setattr(runner, "_harness_code_only", lambda plan: True)
+    monkeypatch.setattr(runner, "_harness_code_only", lambda plan, model_type: True)
     (tmp_path / "patching_addon.py").write_text(PATCHING_ADDON)
     monkeypatch.syspath_prepend(str(tmp_path))
     pids = _worker_pids(monkeypatch)
@@ -142,3 +142,67 @@ def test_a_worker_whose_libraries_were_patched_is_never_handed_on(tmp_path, monk
     verdicts = {v.case_id: v for v in run_cases(_cases(tmp_path), options=options).verdicts}
     assert verdicts["text_patch"].status is Status.PASS, verdicts["text_patch"].reason
     assert len(pids) == 2 and pids[0] != pids[1], pids
+
+
+def test_a_worker_whose_group_failed_a_case_is_not_handed_on(tmp_path, monkeypatch):
+    """A capture that failed (here: the plain mlx-lm path handed an image prompt; out of
+    memory would look the same) may leave the process degraded: the next group gets a
+    fresh worker."""
+    pids = _worker_pids(monkeypatch)
+    image = CASES / "images" / "red_square_400x300.png"
+    failing = tmp_path / "failing.yaml"
+    failing.write_text(
+        f"model: {{synth: gemma4, options: {json.dumps({'hidden_size': 64, 'seed': 0})}}}\n"
+        "paths: {reference: mlx-lm, candidate: unified}\naddon: gemma4\ndecode_steps: 0\n"
+        f"messages: [{{role: user, content: [{{type: image, image: {image}}}]}}]\n"
+    )
+    result = run_cases([load_case(failing), _text_case(tmp_path, "after", 48)])
+    statuses = {v.case_id: v.status for v in result.verdicts}
+    assert statuses == {"failing": Status.ERROR, "after": Status.PASS}, statuses
+    assert len(pids) == 2 and pids[0] != pids[1], pids
+
+
+def test_builtin_means_the_resolved_addon_is_the_harness_own(monkeypatch):
+    """'auto' resolves to the checkpoint's model_type, which another package may have
+    registered; a class handed over by the caller is the caller's code."""
+    import harness.addons as addons
+
+    assert addons.is_builtin("auto", "gemma4") and addons.is_builtin("gemma4", "gemma4")
+    assert not addons.is_builtin("mutants:EngineStyle", "gemma4")
+    given = ImportPolicy(addon_classes=(("gemma4", object),))
+    assert not addons.is_builtin("gemma4", "gemma4", given)
+    monkeypatch.setattr(addons, "registered", lambda kind: {"gemma4": "engine.addons:Gemma4"})
+    assert not addons.is_builtin("auto", "gemma4")
+
+
+def test_a_worker_with_a_library_fix_applied_serves_only_harness_code(monkeypatch):
+    """A fix the harness applied for one architecture stays in the process: a group
+    running code from elsewhere gets a worker without it, so its result does not depend
+    on which group ran before it."""
+    import harness.worker as worker
+
+    class Process:
+        def __init__(self) -> None:
+            self.alive = True
+
+        def is_alive(self) -> bool:
+            return self.alive
+
+        def kill(self) -> None:
+            self.alive = False
+
+        def join(self, timeout: float | None = None) -> None:
+            pass
+
+    class Conn:
+        def send(self, message) -> None:
+            pass
+
+    monkeypatch.setattr(worker, "_start", lambda: worker.Worker(Process(), Conn()))
+    monkeypatch.setattr(worker, "_spare", None)
+    fixed = worker.Worker(Process(), Conn(), pristine=False)
+    worker.give_back(fixed)
+    assert worker.take() is fixed  # harness code only: the warm worker serves
+    worker.give_back(fixed)
+    fresh = worker.take(pristine=True)
+    assert fresh is not fixed and fresh.pristine and not fixed.process.is_alive()

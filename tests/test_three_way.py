@@ -5,6 +5,8 @@ not bear out fails, and a non-finite value always fails."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 from conftest import CASES
@@ -195,5 +197,6 @@ def test_a_path_missing_its_optional_dependency_skips_its_cases_with_the_reason(
     assert v.status is Status.SKIP
     assert "paths.third" in v.reason and "mlx-parity[torch]" in v.reason
     assert v.reason.startswith(str(text_case)) or text_case.name in v.reason
-    monkeypatch.setattr(TransformersSession, "requires", ("torch",))
-    check_requirements("transformers", TransformersSession)  # present here: no skip
+    if importlib.util.find_spec("torch"):  # the real requirement passes where it is met
+        monkeypatch.setattr(TransformersSession, "requires", ("torch",))
+        check_requirements("transformers", TransformersSession)

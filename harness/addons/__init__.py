@@ -36,10 +36,13 @@ def _external(name: str) -> bool:
     return ":" in name or name in registered("addon")
 
 
-def is_builtin(name: str) -> bool:
-    """An add-on of the harness's own (harness/architectures/<name>/addon.py), not code
-    from elsewhere."""
-    return not _external(name)
+def is_builtin(name: str, model_type: str, policy: ImportPolicy | None = None) -> bool:
+    """Whether `name` resolves to an add-on of the harness's own
+    (harness/architectures/<name>/addon.py): not an entry point of another package (which
+    'auto' can resolve to as well), not a class the caller handed over."""
+    if name == "auto":
+        name = model_type
+    return (policy is None or policy.given_addon(name) is None) and not _external(name)
 
 
 NO_IMPORTS = ImportPolicy()

@@ -100,6 +100,13 @@ def load_quietly(loader: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return loader(*args, **kwargs)
 
 
+_APPLIED: set[str] = set()  # fixes applied in this process
+
+
+def fixes_applied() -> bool:
+    return bool(_APPLIED)
+
+
 def apply_library_fixes(model_type: str) -> list[str]:
     """Apply the fixes an architecture folder declares (`LIBRARY_FIXES`: library bugs that
     stop a path from running at all, e.g. mlx-vlm's LlavaProcessor under transformers 5);
@@ -115,7 +122,9 @@ def apply_library_fixes(model_type: str) -> list[str]:
     fixes = getattr(package, "LIBRARY_FIXES", ())
     for fix in fixes:
         fix()
-    return [f"{name}.{fix.__name__}" for fix in fixes]
+    names = [f"{name}.{fix.__name__}" for fix in fixes]
+    _APPLIED.update(names)
+    return names
 
 
 def session_provenance(

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -193,13 +194,15 @@ def _serve_builds(conn: Any) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    import gc
+
     while (job := conn.recv()) is not None:
         model_type, options, cache = job
-        if cache is None:  # where the parent's cache is now (tests move it)
-            os.environ.pop("MLX_PARITY_CACHE", None)
-        else:
-            os.environ["MLX_PARITY_CACHE"] = cache
+        os.environ["MLX_PARITY_CACHE"] = cache  # where the parent's cache is now
         _build_in_child(model_type, options, conn)
+        gc.collect()  # a build's weights are on disk: keep no buffers while workers load
+        if "mlx.core" in sys.modules:
+            sys.modules["mlx.core"].clear_cache()
 
 
 _builder: tuple[Any, Any] | None = None  # (process, connection) of the warm builder
@@ -239,7 +242,9 @@ def ensure_checkpoint_within(model_type: str, options: Mapping[str, Any], timeou
         return cached
     process, conn = _take_builder()
     try:
-        conn.send((model_type, dict(options), os.environ.get("MLX_PARITY_CACHE")))
+        # The cache as the parent resolves it now (absolute: the builder's working
+        # directory and HOME are those it started with).
+        conn.send((model_type, dict(options), str(cache_root().parent.absolute())))
         if not conn.poll(timeout):
             _drop_builder()
             raise SynthesisTimeout(
