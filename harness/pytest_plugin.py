@@ -196,22 +196,13 @@ class _Parity:
 
     def write_report(self, session: pytest.Session) -> None:
         """The session's report: every selected item's verdict, bad case files included."""
-        from .records import Status, Verdict
+        from .runner import load_error_verdict
 
         verdicts: list[Verdict] = []
         complete = True
         for item in session.items:
             if isinstance(item, CaseErrorItem):
-                error = item.error
-                verdicts.append(
-                    Verdict(
-                        case_id=error.case_id,
-                        source=error.source,
-                        status=Status.ERROR,
-                        reason=str(error),
-                        config_error=True,
-                    )
-                )
+                verdicts.append(load_error_verdict(item.error))
             elif isinstance(item, CaseItem):
                 found = self.verdicts.get(item.case.id)
                 complete &= found is not None

@@ -102,6 +102,17 @@ def run_provenance() -> dict[str, str]:
     }
 
 
+def load_error_verdict(error: CaseError) -> Verdict:
+    """The verdict of a case file that did not load: an error of the case's own making."""
+    return Verdict(
+        case_id=error.case_id,
+        source=error.source,
+        status=Status.ERROR,
+        reason=str(error),
+        config_error=True,
+    )
+
+
 def _error_verdict(case: CaseSpec, status: Status, reason: str, config: bool = False) -> Verdict:
     return Verdict(
         case_id=case.id, source=case.source, status=status, reason=reason, config_error=config
@@ -396,16 +407,7 @@ def run_cases(
 
     offline()
     started = utc_now()
-    verdicts = [
-        Verdict(
-            case_id=e.case_id,
-            source=e.source,
-            status=Status.ERROR,
-            reason=str(e),
-            config_error=True,
-        )
-        for e in load_errors
-    ]
+    verdicts = [load_error_verdict(e) for e in load_errors]
     groups: dict[str, list[CaseSpec]] = {}
     for case in cases:
         groups.setdefault(case.model_key(), []).append(case)
